@@ -1,0 +1,54 @@
+#!/bin/bash
+# Installs what hypervisor.cpr and its test bed need on a Debian 12 or 13 host:
+# QEMU >= 10 (bookworm-backports on Debian 12, main on Debian 13), kexec-tools,
+# the pieces the test guest is built from, and a Python virtual environment
+# with ansible-core, qemu.qmp and jmespath. Safe to run again.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-host-deps.sh: run as root (apt-get and /dev/kvm access)" >&2
+    exit 1
+fi
+
+. /etc/os-release
+export DEBIAN_FRONTEND=noninteractive
+packages=(qemu-system-x86 qemu-utils)
+apt_target=()
+
+if [ "${VERSION_CODENAME}" = bookworm ]; then
+    # Debian 12's own QEMU is 7.2, without cpr-reboot: take QEMU from
+    # bookworm-backports, from the same mirror and keyring as the bookworm entry.
+    sources=/etc/apt/sources.list.d/debian.sources
+    backports=/etc/apt/sources.list.d/hypervisor-cpr-backports.sources
+    if [ ! -e "$backports" ]; then
+        if [ -r "$sources" ]; then
+            uri=$(awk '/^URIs:/ && !/security/ {print $2; exit}' "$sources")
+            keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$sources")
+        else
+            uri=$(awk '/^deb / && / bookworm / {print $2; exit}' /etc/apt/sources.list)
+            keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+        fi
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+            "${uri:-http://deb.debian.org/debian}" "${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}" > "$backports"
+    fi
+    apt_target=(-t bookworm-backports)
+fi
+
+apt-get update -qq
+apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
+apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod python3-venv \
+    openssh-client rsync >/dev/null
+
+qemu_version=$(qemu-system-x86_64 --version | awk 'NR==1 {print $4}')
+echo "QEMU ${qemu_version}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -r "$REPO_ROOT/requirements.txt" -r "$REPO_ROOT/tests/requirements.txt"
+echo "virtual environment: $VENV"
