@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one exception hierarchy of hypervisor.cpr.
+
+Every error names the VM it concerns (when there is one) and says what the
+operator can do about it, so a module can show ``str(error)`` as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class CprError(Exception):
+    """Base class: an error an operator can act on."""
+
+    def __init__(self, message: str, vm: Optional[str] = None, hint: Optional[str] = None) -> None:
+        self.message = message
+        self.vm = vm
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"VM {self.vm}: {self.message}" if self.vm else self.message
+        if not self.hint:
+            return text
+        return f"{text}. {self.hint[0].upper()}{self.hint[1:]}"
+
+
+class MissingDependencyError(CprError):
+    """A Python library the engine needs is not installed on the host."""
+
+
+class SelectionError(CprError):
+    """The VM selection (names, explicit list, JMESPath query) is invalid."""
+
+
+class ConnectionFailedError(CprError):
+    """A QMP or guest agent socket could not be reached."""
+
+
+class SocketMissingError(ConnectionFailedError):
+    """The socket path does not exist or is not a socket."""
+
+
+class SocketPermissionError(ConnectionFailedError):
+    """The socket exists but this user may not connect to it."""
+
+
+class NotAnsweringError(ConnectionFailedError):
+    """Connected, but no answer within the timeout."""
+
+
+class CommandFailedError(CprError):
+    """QEMU or the guest agent answered a command with an error."""
+
+
+class QemuTooOldError(CprError):
+    """The running QEMU lacks a feature hypervisor.cpr needs."""
+
+
+class NotReadyError(CprError):
+    """A VM cannot take part in a checkpoint and restart, with every reason."""

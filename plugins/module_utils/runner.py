@@ -1,0 +1,49 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one place the engine meets AnsibleModule: shared options and error reporting."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError
+
+# Matches doc fragment hypervisor.cpr.vm_selection.
+VM_SELECTION_SPEC: Dict[str, Any] = dict(
+    vms=dict(
+        type="list",
+        elements="dict",
+        options=dict(
+            name=dict(type="str", required=True),
+            qmp_socket=dict(type="path", required=True),
+            qga_socket=dict(type="path"),
+        ),
+    ),
+    names=dict(type="list", elements="str"),
+    query=dict(type="str"),
+    timeout=dict(type="float", default=10.0),
+)
+
+
+def ignore_shared_option(module: AnsibleModule, value: Any) -> Optional[bool]:
+    """auto -> None, else a boolean; YAML may hand us true/false or the string auto."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return None
+    try:
+        return boolean(value, strict=True)
+    except TypeError:
+        module.fail_json(msg=f"ignore_shared must be auto, true or false, not {value!r}")
+    return None
+
+
+def run(module: AnsibleModule, action: Callable[[], Dict[str, Any]]) -> None:
+    """Run one engine call and report its result, or its error with the VM it names."""
+    try:
+        result = action()
+    except CprError as exc:
+        module.fail_json(msg=str(exc), vm=exc.vm)
+    module.exit_json(**result)

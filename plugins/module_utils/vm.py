@@ -1,0 +1,325 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The facts of one VM, and whether it is ready for a cpr-reboot checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
+    VmEndpoint,
+    check_unique_names,
+    discover,
+    explicit_endpoints,
+    read_argv,
+    select_by_name,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+    CommandFailedError,
+    CprError,
+    MissingDependencyError,
+    SelectionError,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import MemoryBackend, classify
+from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
+
+try:
+    import jmespath
+
+    JMESPATH_IMPORT_ERROR: Optional[str] = None
+except ImportError:
+    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+
+MIN_QEMU_CPR = (8, 2, 0)
+MIN_QEMU_VFIO = (9, 0, 0)
+REBOOT_METHODS = ("kexec", "reboot", "none")
+SAVABLE_RUNSTATES = ("running", "paused", "suspended")
+# Capabilities that cannot be combined with a cpr-reboot save to a file.
+CONFLICTING_CAPABILITIES = ("postcopy-ram", "x-colo", "background-snapshot")
+VFIO_TYPE_PREFIX = "vfio"
+
+
+@dataclass
+class AgentFacts:
+    """The guest agent as seen from the host."""
+
+    socket: Optional[str] = None
+    # None when it was not asked: no socket, or a guest that is not running.
+    answering: Optional[bool] = None
+    version: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class CprVerdict:
+    """Whether a VM can be saved with cpr-reboot, and how its RAM would travel."""
+
+    ready: bool
+    reboot: str
+    ram_in_place: bool
+    ram_copy_bytes: int
+    reasons: List[str] = field(default_factory=list)
+
+
+@dataclass
+class VmFacts:
+    """What hypervisor.cpr knows about one VM."""
+
+    name: str
+    qmp_socket: str
+    qga_socket: Optional[str]
+    source: str
+    pid: Optional[int] = None
+    argv: List[str] = field(default_factory=list)
+    runstate: Optional[str] = None
+    qemu_version: Optional[str] = None
+    machine_type: Optional[str] = None
+    memory_backends: List[MemoryBackend] = field(default_factory=list)
+    vfio: List[Dict[str, str]] = field(default_factory=list)
+    agent: AgentFacts = field(default_factory=AgentFacts)
+    migration: Dict[str, Any] = field(default_factory=dict)
+    cpr: Optional[CprVerdict] = None
+    error: Optional[str] = None
+
+    @property
+    def version_tuple(self) -> Tuple[int, ...]:
+        return version_tuple(self.qemu_version)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def version_tuple(version: Optional[str]) -> Tuple[int, ...]:
+    """'10.0.2' -> (10, 0, 2); unknown -> ()."""
+    if not version:
+        return ()
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def ram_plan(backends: Sequence[MemoryBackend], ignore_shared: Optional[bool]) -> Tuple[bool, int]:
+    """(RAM stays in place with x-ignore-shared, bytes of RAM copied into the state file).
+
+    ignore_shared None means auto: in place when every shared backend can be
+    mapped again by a new QEMU.
+    """
+    shared = [b for b in backends if b.share]
+    capable = bool(shared) and all(b.mappable for b in shared)
+    in_place = capable if ignore_shared is None else ignore_shared
+    copied = sum(b.size for b in backends if not (in_place and b.share))
+    return in_place, copied
+
+
+def verdict(facts: VmFacts, reboot: str = "kexec", ignore_shared: Optional[bool] = None) -> CprVerdict:
+    """Every reason a VM cannot be saved with cpr-reboot for the planned reboot."""
+    if facts.error:
+        return CprVerdict(False, reboot, False, 0, [facts.error])
+    reasons: List[str] = []
+    version = facts.version_tuple
+    if version < MIN_QEMU_CPR:
+        reasons.append(
+            f"QEMU {facts.qemu_version} has no cpr-reboot (it needs 8.2 or newer): upgrade QEMU and restart the VM cold once"
+        )
+    if facts.runstate not in SAVABLE_RUNSTATES:
+        reasons.append(f"its runstate is {facts.runstate}; only running, paused or suspended VMs can be saved")
+    status = facts.migration.get("status")
+    if status and status not in ("completed", "failed", "cancelled", "none"):
+        reasons.append(f"a migration is already {status}: wait for it to end or cancel it (migrate_cancel)")
+    for reason in facts.migration.get("blocked_reasons", []):
+        reasons.append(f"QEMU blocks migration: {reason}")
+    for capability in facts.migration.get("capabilities", []):
+        if capability in CONFLICTING_CAPABILITIES:
+            reasons.append(
+                f"migration capability {capability} is on, which cpr-reboot cannot use: turn it off with migrate-set-capabilities"
+            )
+    if facts.vfio:
+        reasons.extend(_vfio_reasons(facts, version))
+
+    in_place, copied = ram_plan(facts.memory_backends, ignore_shared)
+    for backend in facts.memory_backends:
+        if not (in_place and backend.share):
+            continue
+        if not backend.mappable:
+            reasons.append(
+                f"x-ignore-shared would skip memory backend {backend.id}, but {backend.note}: its RAM would be lost; "
+                "set ignore_shared to auto or false to copy it into the state file"
+            )
+        elif reboot != "none" and not backend.persistent:
+            reasons.append(
+                f"the RAM of memory backend {backend.id} would stay in place, but {backend.note}: it would not survive "
+                f"the {reboot}; back it with DAX/pmem or a file on disk, or set ignore_shared=false to copy it into the state file"
+            )
+    return CprVerdict(not reasons, reboot, in_place, copied, reasons)
+
+
+def _vfio_reasons(facts: VmFacts, version: Tuple[int, ...]) -> List[str]:
+    devices = ", ".join(d["id"] for d in facts.vfio)
+    if version < MIN_QEMU_VFIO:
+        return [f"VFIO devices ({devices}) need QEMU 9.0 or newer for cpr-reboot; this VM runs QEMU {facts.qemu_version}"]
+    if facts.runstate == "suspended":
+        return []
+    if not facts.qga_socket:
+        return [
+            f"VFIO devices ({devices}) require the guest to be suspended to RAM first, and the VM has no guest agent "
+            "socket (a virtserialport named org.qemu.guest_agent.0): add one and install qemu-guest-agent in the guest"
+        ]
+    if not facts.agent.answering:
+        return [
+            f"VFIO devices ({devices}) require the guest to be suspended to RAM first, and its guest agent does not "
+            f"answer: {facts.agent.error or 'the guest is not running'}"
+        ]
+    return []
+
+
+async def _optional(session: QmpSession, command: str, arguments: Optional[Dict[str, Any]] = None) -> Any:
+    """A query older QEMUs may not know: None instead of an error."""
+    try:
+        return await session.execute(command, arguments)
+    except CommandFailedError:
+        return None
+
+
+async def _memory_backends(session: QmpSession, pid: Optional[int]) -> List[MemoryBackend]:
+    types = {
+        child["name"]: child["type"][len("child<"):-1]
+        for child in await session.execute("qom-list", {"path": "/objects"})
+        if child["type"].startswith("child<")
+    }
+    backends = []
+    for memdev in await session.execute("query-memdev"):
+        backend_id = memdev["id"]
+        qom_type = types.get(backend_id, "memory-backend")
+        path = f"/objects/{backend_id}"
+        mem_path = discard = None
+        if qom_type == "memory-backend-file":
+            mem_path = await session.execute("qom-get", {"path": path, "property": "mem-path"})
+            discard = await _optional(session, "qom-get", {"path": path, "property": "discard-data"})
+        backends.append(classify(backend_id, qom_type, memdev["size"], bool(memdev.get("share")), mem_path,
+                                 bool(discard), pid))
+    return backends
+
+
+async def _vfio_devices(session: QmpSession) -> List[Dict[str, str]]:
+    devices = []
+    for container in ("/machine/peripheral", "/machine/peripheral-anon"):
+        children = await _optional(session, "qom-list", {"path": container}) or []
+        for child in children:
+            qom_type = child["type"][len("child<"):-1] if child["type"].startswith("child<") else ""
+            if qom_type.startswith(VFIO_TYPE_PREFIX):
+                devices.append({"id": child["name"], "type": qom_type, "path": f"{container}/{child['name']}"})
+    return devices
+
+
+async def _migration(session: QmpSession) -> Dict[str, Any]:
+    info = await session.execute("query-migrate")
+    capabilities = await session.execute("query-migrate-capabilities")
+    parameters = await _optional(session, "query-migrate-parameters") or {}
+    return {
+        "mode": parameters.get("mode", "normal"),
+        "status": info.get("status", "none"),
+        "blocked_reasons": info.get("blocked-reasons", []),
+        "capabilities": sorted(c["capability"] for c in capabilities if c["state"]),
+    }
+
+
+async def _agent(endpoint: VmEndpoint, runstate: Optional[str], timeout: float) -> AgentFacts:
+    facts = AgentFacts(socket=endpoint.qga_socket)
+    if not endpoint.qga_socket or runstate != "running":
+        return facts
+    try:
+        async with open_agent(endpoint.qga_socket, vm=endpoint.name, timeout=timeout) as agent:
+            await agent.execute("guest-ping")
+            info = await agent.execute("guest-info")
+        facts.answering = True
+        facts.version = info.get("version")
+    except CprError as exc:
+        facts.answering = False
+        facts.error = str(exc)
+    return facts
+
+
+async def gather(endpoint: VmEndpoint, *, timeout: float, reboot: str = "kexec",
+                 ignore_shared: Optional[bool] = None, check_agent: bool = True) -> VmFacts:
+    """Read every fact of one VM; an unreachable VM comes back with its error set."""
+    facts = VmFacts(endpoint.name, endpoint.qmp_socket, endpoint.qga_socket, endpoint.source,
+                    pid=endpoint.pid, argv=endpoint.argv)
+    try:
+        async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=timeout) as session:
+            facts.pid = session.pid or facts.pid
+            if facts.pid and not facts.argv:
+                facts.argv = read_argv(facts.pid)
+            version = await session.execute("query-version")
+            facts.qemu_version = "{major}.{minor}.{micro}".format(**version["qemu"])
+            facts.runstate = (await session.execute("query-status"))["status"]
+            facts.machine_type = (await session.execute(
+                "qom-get", {"path": "/machine", "property": "type"})).replace("-machine", "")
+            facts.memory_backends = await _memory_backends(session, facts.pid)
+            facts.vfio = await _vfio_devices(session)
+            facts.migration = await _migration(session)
+    except CprError as exc:
+        facts.error = str(exc)
+    if check_agent and not facts.error:
+        facts.agent = await _agent(endpoint, facts.runstate, timeout)
+    else:
+        facts.agent = AgentFacts(socket=endpoint.qga_socket)
+    facts.cpr = verdict(facts, reboot, ignore_shared)
+    return facts
+
+
+def compile_query(query: Optional[str]) -> Any:
+    """Compile a JMESPath selection early, so a typo fails before any VM is touched."""
+    if not query:
+        return None
+    if JMESPATH_IMPORT_ERROR is not None:
+        raise MissingDependencyError(
+            "the Python library jmespath is needed for query but is not installed",
+            hint="install it on the hypervisor (pip install jmespath), or select VMs with names instead",
+        )
+    try:
+        return jmespath.compile(query)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise SelectionError(f"query {query!r} is not a valid JMESPath expression: {exc}",
+                             hint="a query selects from the list of VMs, for example [?cpr.ready && !vfio]") from None
+
+
+def run_query(expression: Any, query: str, vms: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Apply a compiled query to VM facts; it must yield VMs (objects with a name)."""
+    result = expression.search(vms)
+    if result is None:
+        return []
+    if not isinstance(result, list) or not all(isinstance(vm, dict) and "name" in vm for vm in result):
+        raise SelectionError(
+            f"query {query!r} must return a list of VMs, not {type(result).__name__}",
+            hint="filter the list instead of projecting fields, for example [?cpr.ready] rather than [].name",
+        )
+    return result
+
+
+def endpoints(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None) -> List[VmEndpoint]:
+    """The VMs to work on: an explicit list or those discovered, filtered by name."""
+    found = explicit_endpoints(vms) if vms else discover()
+    check_unique_names(found)
+    return select_by_name(found, names)
+
+
+async def gather_all(selected: List[VmEndpoint], *, timeout: float, reboot: str = "kexec",
+                     ignore_shared: Optional[bool] = None, check_agent: bool = True) -> List[VmFacts]:
+    """The facts of many VMs, read concurrently."""
+    return list(await asyncio.gather(*(
+        gather(e, timeout=timeout, reboot=reboot, ignore_shared=ignore_shared, check_agent=check_agent)
+        for e in selected
+    )))
+
+
+def status(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None,
+           query: Optional[str] = None, timeout: float = 10.0, reboot: str = "kexec",
+           ignore_shared: Optional[bool] = None) -> List[Dict[str, Any]]:
+    """What the vm_status module returns: facts of the selected VMs as plain data."""
+    expression = compile_query(query)
+    selected = endpoints(vms, names)
+    facts = asyncio.run(gather_all(selected, timeout=timeout, reboot=reboot, ignore_shared=ignore_shared))
+    result = [f.to_dict() for f in facts]
+    return run_query(expression, query, result) if expression is not None else result

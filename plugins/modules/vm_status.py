@@ -1,0 +1,255 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vm_status
+short_description: Report the QEMU VMs of a hypervisor and whether each is ready for cpr-reboot
+version_added: 0.1.0
+description:
+  - Finds the QEMU processes of the host from C(/proc), or takes an explicit list, and asks each over QMP for its
+    runstate, QEMU version, versioned machine type, memory backends, VFIO devices and migration settings.
+  - Tells for every memory backend whether a new QEMU can map it again and whether it survives a reboot
+    (DAX/pmem or a disk file do; tmpfs, ramfs, hugetlbfs and anonymous memory do not).
+  - Asks the guest agent of every running VM that has one whether it answers.
+  - Gives a verdict for a cpr-reboot checkpoint with every reason a VM is not ready, for the planned O(reboot).
+  - Reads only; it never changes a VM.
+author:
+  - hypervisor.cpr contributors
+extends_documentation_fragment:
+  - hypervisor.cpr.vm_selection
+options:
+  reboot:
+    description:
+      - What will happen between save and restore, for the readiness verdict.
+      - V(kexec) and V(reboot) need RAM kept in place to be on persistent memory; V(none) (a QEMU restart only) does not.
+    type: str
+    choices: [kexec, reboot, none]
+    default: kexec
+  ignore_shared:
+    description:
+      - Whether the save would keep shared RAM in place (QEMU capability C(x-ignore-shared)) instead of copying it into
+        the state file, for the readiness verdict.
+      - V(auto) keeps it in place when every shared memory backend is a file or device a new QEMU can map again.
+    type: raw
+    default: auto
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything, so it runs the same in check mode.
+  diff_mode:
+    support: none
+notes:
+  - A QMP socket serves one client at a time. A VM whose monitor is held by another client (libvirt, for example)
+    is reported with O(timeout) exceeded in RV(vms[].error).
+  - VMs that cannot be reached are reported with RV(vms[].error) set and a warning; the module itself does not fail.
+seealso:
+  - name: QEMU CheckPoint and Restart (CPR)
+    description: QEMU's documentation of the cpr-reboot migration mode.
+    link: https://www.qemu.org/docs/master/devel/migration/CPR.html
+"""
+
+EXAMPLES = r"""
+- name: List every VM of the hypervisor
+  hypervisor.cpr.vm_status:
+  register: status
+
+- name: Show the VMs that could not be saved before a kexec, with the reasons
+  ansible.builtin.debug:
+    msg: "{{ status.vms | rejectattr('cpr.ready') | map(attribute='cpr.reasons') }}"
+
+- name: Select VMs with VFIO devices that are ready
+  hypervisor.cpr.vm_status:
+    query: "[?cpr.ready && length(vfio) > `0`]"
+
+- name: Check two VMs by name, for a restart of QEMU only
+  hypervisor.cpr.vm_status:
+    names: [web1, db1]
+    reboot: none
+
+- name: A VM whose command line does not tell its sockets
+  hypervisor.cpr.vm_status:
+    vms:
+      - name: legacy1
+        qmp_socket: /run/qemu/legacy1.qmp
+        qga_socket: /run/qemu/legacy1.qga
+"""
+
+RETURN = r"""
+vms:
+  description: The selected VMs, sorted by name when discovered.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+      sample: web1
+    pid:
+      description: Process id of its QEMU.
+      type: int
+      sample: 4242
+    argv:
+      description: Command line of its QEMU, from C(/proc/<pid>/cmdline).
+      type: list
+      elements: str
+    qmp_socket:
+      description: Path of its QMP socket.
+      type: str
+      sample: /run/qemu/web1.qmp
+    qga_socket:
+      description: Path of its guest agent socket, or V(null).
+      type: str
+    source:
+      description: V(discovered) from C(/proc), or V(explicit) from O(vms).
+      type: str
+    runstate:
+      description: QEMU's runstate, such as V(running), V(paused) or V(suspended).
+      type: str
+      sample: running
+    qemu_version:
+      description: Version of the running QEMU.
+      type: str
+      sample: 10.0.2
+    machine_type:
+      description: The versioned machine type the VM runs, which a restore pins so the guest ABI does not change.
+      type: str
+      sample: pc-q35-10.0
+    memory_backends:
+      description: Every memory backend and where its memory lives.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description: Backend id.
+          type: str
+        type:
+          description: QOM type, such as V(memory-backend-file).
+          type: str
+        size:
+          description: Size in bytes.
+          type: int
+        share:
+          description: Whether the memory is mapped shared.
+          type: bool
+        mem_path:
+          description: The file or device behind a file backend.
+          type: str
+        kind:
+          description: V(anonymous), V(file), V(directory), V(block-device), V(dax-device), V(char-device) or V(missing).
+          type: str
+        filesystem:
+          description: Filesystem type of RV(vms[].memory_backends[].mem_path) as QEMU sees it, when it is a file.
+          type: str
+          sample: ext4
+        dax:
+          description: Whether the memory is on DAX/persistent memory.
+          type: bool
+        mappable:
+          description: Whether a new QEMU can map the same memory again by its path.
+          type: bool
+        persistent:
+          description: Whether the memory survives a reboot of the host.
+          type: bool
+        note:
+          description: Why, in words.
+          type: str
+    vfio:
+      description: VFIO devices of the VM; their guests must be suspended to RAM before a save.
+      type: list
+      elements: dict
+    agent:
+      description: The guest agent.
+      type: dict
+      contains:
+        socket:
+          description: Its socket path, or V(null).
+          type: str
+        answering:
+          description: Whether it answered; V(null) when not asked (no socket, or the guest is not running).
+          type: bool
+        version:
+          description: Version of the agent in the guest.
+          type: str
+        error:
+          description: Why it did not answer.
+          type: str
+    migration:
+      description: Migration settings that matter to cpr-reboot.
+      type: dict
+      contains:
+        mode:
+          description: Current migration mode.
+          type: str
+        status:
+          description: Status of the last or current migration.
+          type: str
+        blocked_reasons:
+          description: Why QEMU refuses to migrate, in QEMU's words.
+          type: list
+          elements: str
+        capabilities:
+          description: Migration capabilities that are on.
+          type: list
+          elements: str
+    cpr:
+      description: The verdict for a cpr-reboot save.
+      type: dict
+      contains:
+        ready:
+          description: Whether the VM can be saved for the planned O(reboot).
+          type: bool
+        reboot:
+          description: The O(reboot) the verdict is for.
+          type: str
+        ram_in_place:
+          description: Whether its shared RAM would stay in place (x-ignore-shared) rather than be copied.
+          type: bool
+        ram_copy_bytes:
+          description: Bytes of guest RAM that would be copied into the state file.
+          type: int
+        reasons:
+          description: Every reason it is not ready, each saying what to do.
+          type: list
+          elements: str
+    error:
+      description: Why the VM could not be asked, or V(null).
+      type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, ignore_shared_option, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS, status
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            VM_SELECTION_SPEC,
+            reboot=dict(type="str", choices=list(REBOOT_METHODS), default="kexec"),
+            ignore_shared=dict(type="raw", default="auto"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    ignore_shared = ignore_shared_option(module, params["ignore_shared"])
+
+    def report() -> dict:
+        vms = status(vms=params["vms"], names=params["names"], query=params["query"], timeout=params["timeout"],
+                     reboot=params["reboot"], ignore_shared=ignore_shared)
+        for vm in vms:
+            if vm["error"]:
+                module.warn(vm["error"])
+        return dict(changed=False, vms=vms)
+
+    run(module, report)
+
+
+if __name__ == "__main__":
+    main()
