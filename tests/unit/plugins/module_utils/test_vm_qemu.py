@@ -1,0 +1,223 @@
+"""Discovery, facts, readiness reasons and errors against real QEMU processes (TCG, firmware only)."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils import vm
+from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+    ConnectionFailedError,
+    NotAnsweringError,
+    SelectionError,
+    SocketMissingError,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import open_qmp
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
+
+def _only(name, **kwargs):
+    [facts] = vm.status(names=[name], timeout=kwargs.pop("timeout", 5), **kwargs)
+    return facts
+
+
+def test_discovers_every_argv_form(qemu, tmp_path):
+    unique = f"t{os.getpid()}"
+    qmp_a, qmp_b, qmp_c = (str(tmp_path / f"{n}.qmp") for n in "abc")
+    qga_b = str(tmp_path / "b.qga")
+    a = qemu.start("-machine", "q35", "-qmp", f"unix:{qmp_a},server=on,wait=off",
+                   "-name", f"guest={unique}-a,debug-threads=on", wait_for=qmp_a)
+    b = qemu.start("-machine", "pc", "-chardev", f"socket,id=mon0,path={qmp_b},server=on,wait=off",
+                   "-mon", "chardev=mon0,mode=control", "-name", f"{unique}-b",
+                   "-chardev", f"socket,id=qga0,path={qga_b},server=on,wait=off", "-device", "virtio-serial",
+                   "-device", '{"driver": "virtserialport", "chardev": "qga0", "name": "org.qemu.guest_agent.0"}',
+                   wait_for=qmp_b)
+    c = qemu.start("-S", "-qmp", f"unix:{qmp_c},server,nowait", wait_for=qmp_c)
+
+    found = {e.qmp_socket: e for e in discover()}
+    assert (found[qmp_a].name, found[qmp_a].pid, found[qmp_a].qga_socket) == (f"{unique}-a", a.pid, None)
+    assert (found[qmp_b].name, found[qmp_b].pid, found[qmp_b].qga_socket) == (f"{unique}-b", b.pid, qga_b)
+    assert (found[qmp_c].name, found[qmp_c].pid) == ("c", c.pid)
+
+    facts_a = _only(f"{unique}-a")
+    assert (facts_a["runstate"], facts_a["machine_type"], facts_a["pid"]) == ("running", "pc-q35-10.0", a.pid)
+    assert facts_a["qemu_version"].startswith("10.")
+    facts_b = _only(f"{unique}-b")
+    assert facts_b["machine_type"].startswith("pc-i440fx-")
+    # The agent socket exists but no guest runs an agent behind it.
+    assert facts_b["agent"]["socket"] == qga_b
+
+
+def test_memory_backends_and_reboot_verdict(qemu, tmp_path):
+    unique = f"m{os.getpid()}"
+    shm_path = f"/dev/shm/{unique}.ram"
+    disk_path = str(tmp_path / "disk.ram")
+    for label, mem_path in (("shm", shm_path), ("disk", disk_path)):
+        qmp = str(tmp_path / f"{label}.qmp")
+        qemu.start("-machine", "q35,memory-backend=ram0",
+                   "-object", f"memory-backend-file,id=ram0,size=64M,mem-path={mem_path},share=on",
+                   "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"{unique}-{label}", wait_for=qmp)
+    try:
+        shm = _only(f"{unique}-shm")
+        shm_restart_only = _only(f"{unique}-shm", reboot="none")
+        disk = _only(f"{unique}-disk")
+    finally:
+        os.unlink(shm_path)
+    assert shm["memory_backends"][0]["filesystem"] == "tmpfs"
+    assert not shm["memory_backends"][0]["persistent"]
+    assert not shm["cpr"]["ready"]
+    assert "would not survive the kexec" in shm["cpr"]["reasons"][0]
+    assert shm_restart_only["cpr"]["ready"] and shm_restart_only["cpr"]["ram_in_place"]
+    assert disk["memory_backends"][0]["persistent"] and disk["memory_backends"][0]["mappable"]
+    assert disk["cpr"] == {"ready": True, "reboot": "kexec", "ram_in_place": True, "ram_copy_bytes": 0, "reasons": []}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup"), reason="needs root and losetup")
+def test_raw_block_device_backend(qemu, tmp_path):
+    image = tmp_path / "ram.img"
+    image.write_bytes(b"\0" * (64 << 20))
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    try:
+        qmp = str(tmp_path / "blk.qmp")
+        qemu.start("-machine", "q35,memory-backend=ram0",
+                   "-object", f"memory-backend-file,id=ram0,size=64M,mem-path={device},share=on",
+                   "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"blk{os.getpid()}", wait_for=qmp)
+        facts = _only(f"blk{os.getpid()}")
+        qemu.stop_all()
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+    backend = facts["memory_backends"][0]
+    assert (backend["kind"], backend["mappable"], backend["persistent"]) == ("block-device", True, True)
+    assert facts["cpr"]["ready"] and facts["cpr"]["ram_in_place"]
+
+
+def test_private_ram_is_copied(qemu, tmp_path):
+    qmp = str(tmp_path / "p.qmp")
+    qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"priv{os.getpid()}", wait_for=qmp)
+    facts = _only(f"priv{os.getpid()}")
+    assert facts["memory_backends"][0]["kind"] == "anonymous"
+    assert facts["cpr"]["ready"] and not facts["cpr"]["ram_in_place"]
+    assert facts["cpr"]["ram_copy_bytes"] == 64 << 20
+
+
+def test_reasons_blocker_capability_and_runstate(qemu, tmp_path):
+    unique = f"r{os.getpid()}"
+    qmp = str(tmp_path / "r.qmp")
+    qemu.start("-S", "-object", f"memory-backend-file,id=hm,share=on,mem-path={tmp_path}/ivshmem,size=1M",
+               "-device", "ivshmem-plain,memdev=hm", "-qmp", f"unix:{qmp},server=on,wait=off", "-name", unique,
+               wait_for=qmp)
+
+    async def postcopy_on():
+        async with open_qmp(qmp, vm=unique, timeout=5) as session:
+            await session.execute("migrate-set-capabilities",
+                                  {"capabilities": [{"capability": "postcopy-ram", "state": True}]})
+
+    asyncio.run(postcopy_on())
+    reasons = _only(unique)["cpr"]["reasons"]
+    assert any("runstate is prelaunch" in r for r in reasons)
+    assert any("QEMU blocks migration: Migration is disabled when using feature 'peer mode'" in r for r in reasons)
+    assert any("capability postcopy-ram is on" in r for r in reasons)
+
+
+def test_qemu_too_old(qemu, tmp_path):
+    fetch = subprocess.run([os.path.join(REPO_ROOT, "tests", "testbed", "fetch-old-qemu.sh")],
+                           capture_output=True, text=True, check=False)
+    if fetch.returncode == 3:
+        pytest.skip(fetch.stderr.strip())
+    assert fetch.returncode == 0, fetch.stderr
+    qmp = str(tmp_path / "old.qmp")
+    qemu.start("-machine", "q35", "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"old{os.getpid()}",
+               binary=fetch.stdout.strip(), wait_for=qmp)
+    facts = _only(f"old{os.getpid()}")
+    assert facts["qemu_version"].startswith("7.2")
+    assert facts["cpr"]["reasons"] == [
+        f"QEMU {facts['qemu_version']} has no cpr-reboot (it needs 8.2 or newer): upgrade QEMU and restart the VM cold once"]
+
+
+def test_missing_socket_is_reported_not_raised(tmp_path):
+    [facts] = vm.status(vms=[{"name": "ghost", "qmp_socket": str(tmp_path / "ghost.qmp")}], timeout=2)
+    assert facts["error"].startswith(f"VM ghost: QMP socket {tmp_path}/ghost.qmp does not exist")
+    assert not facts["cpr"]["ready"]
+
+
+def test_missing_socket_error(tmp_path):
+    async def connect():
+        async with open_qmp(str(tmp_path / "nope.qmp"), vm="nope", timeout=1):
+            pass
+    with pytest.raises(SocketMissingError, match="VM nope: QMP socket .* does not exist"):
+        asyncio.run(connect())
+
+
+def test_stale_socket_after_qemu_died(qemu, tmp_path):
+    qmp = str(tmp_path / "stale.qmp")
+    process = qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", wait_for=qmp)
+    process.kill()
+    process.wait()
+    if not os.path.exists(qmp):
+        pytest.skip("QEMU removed its socket on exit")
+
+    async def connect():
+        async with open_qmp(qmp, vm="stale", timeout=1):
+            pass
+    with pytest.raises(ConnectionFailedError, match="nothing listens on QMP socket"):
+        asyncio.run(connect())
+
+
+def test_stopped_qemu_does_not_answer(qemu, tmp_path):
+    qmp = str(tmp_path / "stopped.qmp")
+    process = qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", wait_for=qmp)
+    os.kill(process.pid, signal.SIGSTOP)
+
+    async def connect():
+        async with open_qmp(qmp, vm="stopped", timeout=1):
+            pass
+    with pytest.raises(NotAnsweringError, match="sent no greeting within 1 s. QEMU is stopped .SIGSTOP."):
+        asyncio.run(connect())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to switch to nobody")
+def test_permission_denied_for_another_user(qemu):
+    sockdir = tempfile.mkdtemp(prefix="hypervisor-cpr-perm-")
+    os.chmod(sockdir, 0o755)
+    qmp = os.path.join(sockdir, "perm.qmp")
+    try:
+        qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", wait_for=qmp)
+        os.chmod(qmp, 0o700)
+        # The venv's interpreter may live under root's home; the host's python3 with our
+        # site-packages runs as any user.
+        site_packages = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+        code = (
+            "import json, sys; sys.path[:0] = sys.argv[1].split(':');"
+            "from ansible_collections.hypervisor.cpr.plugins.module_utils import vm;"
+            "print(json.dumps(vm.status(vms=[{'name': 'perm', 'qmp_socket': sys.argv[2]}], timeout=2)[0]['error']))"
+        )
+        result = subprocess.run(["runuser", "-u", "nobody", "--", shutil.which("python3", path="/usr/bin"), "-c", code,
+                                 os.path.join(REPO_ROOT, ".cache", "collections") + ":" + site_packages, qmp],
+                                capture_output=True, text=True, check=True)
+        assert json.loads(result.stdout) == (
+            f"VM perm: permission denied connecting to QMP socket {qmp}. "
+            "Run as root (become: true) or as the user that owns the socket")
+    finally:
+        shutil.rmtree(sockdir)
+
+
+def test_query_selects_and_bad_query_fails_before_touching(qemu, tmp_path):
+    unique = f"q{os.getpid()}"
+    for label, extra in (("ready", ()), ("held", ("-S",))):
+        qmp = str(tmp_path / f"{label}.qmp")
+        qemu.start(*extra, "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"{unique}-{label}", wait_for=qmp)
+    selected = vm.status(names=[f"{unique}-ready", f"{unique}-held"], query="[?cpr.ready]", timeout=5)
+    assert [f["name"] for f in selected] == [f"{unique}-ready"]
+    with pytest.raises(SelectionError, match="not a valid JMESPath"):
+        vm.status(query="[?cpr.ready", timeout=5)
+    with pytest.raises(SelectionError, match="must return a list of VMs"):
+        vm.status(names=[f"{unique}-ready"], query="[].name", timeout=5)
