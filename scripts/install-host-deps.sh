@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Installs what hypervisor.cpr and its test bed need on a Debian 12 or 13 host:
 # QEMU >= 10 (bookworm-backports on Debian 12, main on Debian 13), kexec-tools,
 # the pieces the test guest is built from, and a Python virtual environment
@@ -41,7 +41,7 @@ fi
 apt-get update -qq
 apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod python3-venv \
-    openssh-client rsync >/dev/null
+    openssh-client rsync shellcheck >/dev/null
 
 qemu_version=$(qemu-system-x86_64 --version | awk 'NR==1 {print $4}')
 echo "QEMU ${qemu_version}"

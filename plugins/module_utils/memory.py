@@ -66,8 +66,10 @@ def read_mountinfo(pid: Optional[int]) -> List[_Mount]:
     mounts = []
     for line in lines:
         # id parent major:minor root mount-point options [optional...] - fstype source super-options
-        left, _, right = line.partition(" - ")
+        left, separator, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
+        if not separator:
+            continue
         if len(fields) < 6 or len(tail) < 3:
             continue
         options = fields[5].split(",") + tail[2].split(",")
@@ -125,7 +127,7 @@ def locate(path: str, pid: Optional[int]) -> Tuple[str, Optional[str], bool, boo
             return "block-device", None, False, False, f"block device {name} keeps its data in RAM"
         backing = _loop_backing_file(name) if name.startswith("loop") else None
         if backing:
-            _, fstype, dax, persistent, note = locate(backing, None)
+            fstype, dax, persistent, note = locate(backing, None)[1:]
             return "block-device", fstype, dax, persistent, f"loop device {name} over {backing}: {note}"
         dax = name.startswith("pmem")
         kind_text = "persistent memory" if dax else "a disk"

@@ -238,4 +238,3 @@ async def open_agent(path: str, *, vm: str, timeout: float) -> AsyncIterator[Age
         yield AgentSession(client, vm=vm, path=path, pid=pid, timeout=timeout)
     finally:
         await _close_quietly(client)
-

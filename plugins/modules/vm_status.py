@@ -19,7 +19,7 @@ description:
   - Gives a verdict for a cpr-reboot checkpoint with every reason a VM is not ready, for the planned O(reboot).
   - Reads only; it never changes a VM.
 author:
-  - hypervisor.cpr contributors
+  - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
   - hypervisor.cpr.vm_selection
 options:
@@ -39,9 +39,10 @@ options:
     default: auto
 attributes:
   check_mode:
+    description: Can run in check_mode and return the same result, since it never changes anything.
     support: full
-    details: The module never changes anything, so it runs the same in check mode.
   diff_mode:
+    description: Has nothing to show as a diff.
     support: none
 notes:
   - A QMP socket serves one client at a time. A VM whose monitor is held by another client (libvirt, for example)
