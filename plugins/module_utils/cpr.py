@@ -1,0 +1,600 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Save and restore many VMs at once with QEMU's cpr-reboot migration mode.
+
+Save, per VM and concurrently: check readiness, suspend guests that must be
+suspended, set mode cpr-reboot and the capabilities, migrate to
+``file:<state_dir>/<name>.state``, fsync, write the manifest. Only when every
+VM of the call is saved do the QEMUs quit; a failure before that resumes
+every VM exactly as it was (all_or_nothing) and removes what was written.
+
+Restore, per manifest and concurrently: start a new QEMU from the recorded
+argv with the machine type pinned and ``-incoming defer``, load the state,
+wake guests we suspended, check the guest agent, and only then remove the
+state file and manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import VmEndpoint, discover, select_by_name
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+    CommandFailedError,
+    CprError,
+    NotAnsweringError,
+    NotReadyError,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
+    Manifest,
+    ManifestError,
+    check_name,
+    ensure_state_dir,
+    host_lock,
+    list_manifests,
+    manifest_path,
+    read_manifest,
+    remove_saved,
+    state_path,
+    sync_and_digest,
+    verify_state_file,
+    write_manifest,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import locate
+from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils.suspend import runstate, suspend_guest, wake_guest, wait_runstate
+from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
+    VmFacts,
+    compile_query,
+    endpoints,
+    gather_all,
+    run_query,
+    version_tuple,
+)
+
+POLL_SECONDS = 0.01
+# Device state (everything but guest RAM) stays well below this per VM.
+DEVICE_STATE_MARGIN = 64 << 20
+# Below this much RAM to copy, mapped-ram's fixed layout gains nothing.
+MAPPED_RAM_MIN_BYTES = 256 << 20
+MULTIFD_CHANNELS = 4
+MIN_QEMU_MAPPED_RAM = (9, 0, 0)
+SUSPEND_CHOICES = ("vfio", "all", "none")
+FINAL_MIGRATION_STATES = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class SaveResult:
+    name: str
+    changed: bool
+    state_file: str
+    state_bytes: int
+    ram_in_place: bool
+    runstate_before: str
+    suspended_by_us: bool
+    paused_at: float
+    save_seconds: float
+    quit: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RestoreResult:
+    name: str
+    changed: bool
+    pid: Optional[int]
+    runstate: str
+    restore_seconds: float
+    downtime_seconds: Optional[float]
+    state_kept: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _SaveJob:
+    """One VM being saved, and what is needed to undo it."""
+
+    facts: VmFacts
+    endpoint: VmEndpoint
+    suspend: bool
+    capabilities: Dict[str, bool] = field(default_factory=dict)
+    parameters: Dict[str, Any] = field(default_factory=dict)
+    previous_capabilities: Dict[str, bool] = field(default_factory=dict)
+    previous_parameters: Dict[str, Any] = field(default_factory=dict)
+    suspended_by_us: bool = False
+    paused_at: float = 0.0
+    result: Optional[SaveResult] = None
+
+
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+# --------------------------------------------------------------------------- save
+
+
+def migration_settings(facts: VmFacts, available: List[str]) -> Tuple[Dict[str, bool], Dict[str, Any]]:
+    """The capabilities and parameters a save uses; a restore sets the same."""
+    assert facts.cpr is not None
+    capabilities = {"x-ignore-shared": facts.cpr.ram_in_place}
+    parameters: Dict[str, Any] = {"mode": "cpr-reboot"}
+    # mapped-ram writes RAM at fixed offsets with several threads: faster for big copies.
+    if ("mapped-ram" in available and version_tuple(facts.qemu_version) >= MIN_QEMU_MAPPED_RAM
+            and facts.cpr.ram_copy_bytes >= MAPPED_RAM_MIN_BYTES):
+        capabilities.update({"mapped-ram": True, "multifd": True})
+        parameters["multifd-channels"] = MULTIFD_CHANNELS
+    return capabilities, parameters
+
+
+def check_space(state_dir: str, selected: List[VmFacts], reboot: str) -> None:
+    """Refuse before touching anything when the state directory cannot hold the save."""
+    needed = sum((f.cpr.ram_copy_bytes if f.cpr else 0) + DEVICE_STATE_MARGIN for f in selected)
+    usage = shutil.disk_usage(state_dir)
+    if usage.free < needed:
+        copying = [f.name for f in selected if f.cpr and f.cpr.ram_copy_bytes]
+        raise NotReadyError(
+            f"the state directory {state_dir} has {usage.free >> 20} MiB free, the save needs about {needed >> 20} MiB"
+            + (f" (RAM is copied for {', '.join(copying)})" if copying else ""),
+            hint="free space there, choose another state_dir, or keep RAM in place on shared file-backed memory",
+        )
+    if reboot != "none":
+        persistent, note = locate(state_dir, None)[3:]
+        if not persistent:
+            raise NotReadyError(f"the state directory must survive the {reboot}, but {note}",
+                                hint="put state_dir on a disk filesystem")
+
+
+async def _set_migration(session: QmpSession, capabilities: Dict[str, bool], parameters: Dict[str, Any]) -> None:
+    if parameters:
+        await session.execute("migrate-set-parameters", parameters)
+    if capabilities:
+        await session.execute("migrate-set-capabilities", {
+            "capabilities": [{"capability": name, "state": state} for name, state in capabilities.items()]})
+
+
+async def _current_migration(session: QmpSession, capabilities: List[str], parameters: List[str]) -> Tuple[Dict[str, bool], Dict[str, Any]]:
+    caps = {c["capability"]: c["state"] for c in await session.execute("query-migrate-capabilities")}
+    params = await session.execute("query-migrate-parameters")
+    return ({name: caps.get(name, False) for name in capabilities},
+            {name: params[name] for name in parameters if name in params})
+
+
+async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict[str, Any]:
+    """Poll query-migrate until the migration ends; a failure carries QEMU's reason."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await session.execute("query-migrate")
+        status = info.get("status", "none")
+        if status == "completed":
+            return info
+        if status in ("failed", "cancelled"):
+            raise CommandFailedError(f"{what} {status}: {info.get('error-desc', 'QEMU gave no reason')}", session.vm)
+        if time.monotonic() > deadline:
+            raise NotAnsweringError(f"{what} did not complete within {timeout:g} s (status {status})", session.vm,
+                                    hint="raise timeout if the state is large and the disk slow")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, reboot: str, timeout: float) -> Manifest:
+    facts = job.facts
+    name = facts.name
+    available = [c["capability"] for c in await session.execute("query-migrate-capabilities")]
+    job.capabilities, job.parameters = migration_settings(facts, available)
+    # The guest stops serving at the suspend, so its blackout starts there.
+    job.paused_at = time.time()
+    if job.suspend and facts.runstate == "running":
+        await suspend_guest(session, job.endpoint, timeout)
+        job.suspended_by_us = True
+    runstate_before = "suspended" if job.suspended_by_us else facts.runstate or "running"
+
+    job.previous_capabilities, job.previous_parameters = await _current_migration(
+        session, list(job.capabilities), list(job.parameters))
+    await _set_migration(session, job.capabilities, job.parameters)
+    blocked = (await session.execute("query-migrate")).get("blocked-reasons", [])
+    if blocked:
+        raise NotReadyError(f"QEMU blocks a cpr-reboot migration: {'; '.join(blocked)}", name)
+
+    path = state_path(state_dir, name)
+    started = time.monotonic()
+    if not job.suspended_by_us:
+        job.paused_at = time.time()
+    await session.execute("migrate", {"uri": f"file:{path}"})
+    await wait_migration(session, timeout, "the save")
+    state = await runstate(session)
+    if state != "postmigrate":
+        raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
+    digest = sync_and_digest(path)
+    manifest = Manifest(
+        name=name, argv=facts.argv, cwd=_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
+        machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
+        runstate_before=runstate_before, suspended_by_us=job.suspended_by_us,
+        agent_answered=bool(facts.agent.answering) or job.suspended_by_us,
+        ram_in_place=bool(facts.cpr and facts.cpr.ram_in_place),
+        memory_backends=[b.to_dict() for b in facts.memory_backends],
+        capabilities=job.capabilities, parameters=job.parameters, state_file=path, reboot=reboot,
+        paused_at=job.paused_at, boot_id=boot_id(), kernel=platform.release(),
+        saved_at=time.time(), **digest,
+    )
+    write_manifest(state_dir, manifest)
+    job.result = SaveResult(name, True, path, digest["state_bytes"], manifest.ram_in_place, runstate_before,
+                            job.suspended_by_us, job.paused_at, time.monotonic() - started, False)
+    return manifest
+
+
+def _cwd(pid: Optional[int]) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return "/"
+
+
+async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout: float) -> None:
+    """Bring the VM back exactly as it was and remove what the save wrote."""
+    info = await session.execute("query-migrate")
+    if info.get("status") not in (None, "none", *FINAL_MIGRATION_STATES):
+        await session.execute("migrate_cancel")
+        with contextlib.suppress(CprError):
+            await wait_migration(session, timeout, "the cancelled save")
+    state = await runstate(session)
+    if state == "postmigrate" and job.facts.runstate != "paused":
+        await session.execute("cont")
+        state = await runstate(session)
+    if job.suspended_by_us and state == "suspended":
+        await wake_guest(session, timeout)
+    if job.previous_parameters or job.previous_capabilities:
+        await _set_migration(session, job.previous_capabilities, job.previous_parameters)
+    remove_saved(state_dir, job.facts.name)
+
+
+async def _quit(session: QmpSession, pid: Optional[int], timeout: float) -> None:
+    """Tell QEMU to quit and wait for its process to end."""
+    with contextlib.suppress(CprError):
+        await session.execute("quit")
+    if pid and not await _wait_exit(pid, timeout):
+        # The state is on disk and the manifest written: ending the process loses nothing.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await _wait_exit(pid, timeout)
+
+
+async def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(POLL_SECONDS)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, quit_after: bool,
+                    saved: "asyncio.Future[bool]", decision: "asyncio.Future[bool]") -> SaveResult:
+    name = job.facts.name
+    async with open_qmp(job.facts.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+        try:
+            await _save_to_file(session, job, state_dir, reboot, timeout)
+        except BaseException as exc:
+            saved.set_result(False)
+            with contextlib.suppress(CprError):
+                await _undo_save(session, job, state_dir, timeout)
+            if isinstance(exc, CprError) and exc.vm is None:
+                exc.vm = name
+            raise
+        saved.set_result(True)
+        if not await decision:
+            await _undo_save(session, job, state_dir, timeout)
+            raise CprError("rolled back and resumed, because another VM of this call failed to save", name)
+        assert job.result is not None
+        if quit_after:
+            await _quit(session, session.pid or job.facts.pid, timeout)
+            job.result.quit = True
+        return job.result
+
+
+def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint]) -> List[SaveResult]:
+    """Manifests whose QEMU is gone: the save of an earlier run, unchanged now."""
+    results = []
+    for name in names:
+        if name in running or not os.path.exists(manifest_path(state_dir, name)):
+            continue
+        manifest = read_manifest(manifest_path(state_dir, name))
+        results.append(SaveResult(name, False, manifest.state_file, manifest.state_bytes, manifest.ram_in_place,
+                                  manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at, 0.0, True))
+    return results
+
+
+def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None, query: Optional[str] = None,
+         state_dir: str = "/var/lib/qemu-cpr", reboot: str = "kexec", ignore_shared: Optional[bool] = None,
+         timeout: float = 300.0, quit_after: bool = True, suspend: str = "vfio", all_or_nothing: bool = True,
+         check_mode: bool = False) -> Dict[str, Any]:
+    """Save the selected VMs; return what the cpr_save module reports."""
+    expression = compile_query(query)
+    ensure_state_dir(state_dir, create=not check_mode)
+    running = {e.name: e for e in endpoints(vms)}
+    earlier = _already_saved(state_dir, names or [m.name for m in list_manifests(state_dir)], running)
+    wanted = [n for n in (names or running) if n not in {r.name for r in earlier}]
+    selected_endpoints = select_by_name(list(running.values()), wanted) if wanted else []
+    for endpoint in selected_endpoints:
+        check_name(endpoint.name)
+        if os.path.exists(manifest_path(state_dir, endpoint.name)):
+            raise CprError(
+                f"the VM runs, but a manifest from an earlier save exists ({manifest_path(state_dir, endpoint.name)})",
+                endpoint.name, hint="run cpr_restore first: it finishes an interrupted restore and removes the manifest",
+            )
+
+    facts = asyncio.run(gather_all(selected_endpoints, timeout=min(timeout, 30), reboot=reboot,
+                                   ignore_shared=ignore_shared))
+    if expression is not None:
+        chosen = {vm["name"] for vm in run_query(expression, query or "", [f.to_dict() for f in facts])}
+        facts = [f for f in facts if f.name in chosen]
+    for vm_facts in facts:
+        if not vm_facts.argv and vm_facts.cpr and not vm_facts.error:
+            vm_facts.cpr.ready = False
+            vm_facts.cpr.reasons.append("its QEMU command line cannot be read from /proc, so it could not be started again")
+    not_ready = [f for f in facts if f.cpr and not f.cpr.ready]
+    if not_ready:
+        raise NotReadyError("; ".join(f"VM {f.name} is not ready: {' / '.join(f.cpr.reasons)}"
+                                      for f in not_ready if f.cpr),
+                            hint="nothing was touched")
+    if facts:
+        check_space(state_dir, facts, reboot)
+    plan = [f.name for f in facts]
+    if check_mode or not facts:
+        return {"changed": bool(facts), "vms": [r.to_dict() for r in earlier], "would_save": plan}
+
+    by_name = {e.name: e for e in selected_endpoints}
+    with host_lock(state_dir):
+        results = asyncio.run(_save_all(facts, by_name, state_dir, reboot, timeout, quit_after, suspend, all_or_nothing))
+    return {"changed": True, "vms": [r.to_dict() for r in earlier + results], "would_save": plan}
+
+
+async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_dir: str, reboot: str,
+                    timeout: float, quit_after: bool, suspend: str, all_or_nothing: bool) -> List[SaveResult]:
+    loop = asyncio.get_running_loop()
+    jobs, saved_flags, decisions = [], [], []
+    for vm_facts in facts:
+        must_suspend = suspend == "all" or (suspend == "vfio" and bool(vm_facts.vfio))
+        jobs.append(_SaveJob(vm_facts, by_name[vm_facts.name], must_suspend))
+        saved_flags.append(loop.create_future())
+        decisions.append(loop.create_future())
+
+    tasks = [asyncio.ensure_future(_save_one(job, state_dir, reboot, timeout, quit_after, flag, decision))
+             for job, flag, decision in zip(jobs, saved_flags, decisions)]
+    outcomes = await asyncio.gather(*(_first_of(flag, task) for flag, task in zip(saved_flags, tasks)))
+    commit = all(outcomes) or not all_or_nothing
+    for decision in decisions:
+        decision.set_result(commit)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        failed_first = [e for e in errors if "another VM of this call" not in str(e)] or errors
+        rolled_back = [j.facts.name for j, r in zip(jobs, results) if isinstance(r, BaseException)]
+        saved = [r.name for r in results if isinstance(r, SaveResult)]
+        raise CprError(
+            "; ".join(str(e) for e in failed_first)
+            + f". Resumed as they were: {', '.join(rolled_back)}"
+            + (f". Saved: {', '.join(saved)}" if saved else ""),
+            hint="fix the cause and run again; saved VMs are restored by cpr_restore",
+        )
+    return [r for r in results if isinstance(r, SaveResult)]
+
+
+async def _first_of(flag: "asyncio.Future[bool]", task: "asyncio.Future[Any]") -> bool:
+    """Whether a VM's save succeeded, whichever of its flag or its task ends first."""
+    await asyncio.wait([flag, task], return_when=asyncio.FIRST_COMPLETED)
+    return flag.done() and flag.result()
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def restore_argv(manifest: Manifest) -> List[str]:
+    """The recorded argv with the machine type pinned, any -S and old -incoming removed, -incoming defer added."""
+    old = manifest.argv
+    argv: List[str] = []
+    index = 0
+    while index < len(old):
+        word = old[index]
+        option = word.lstrip("-") if word.startswith("-") else None
+        value = old[index + 1] if index + 1 < len(old) else None
+        if option == "incoming":
+            index += 2
+        # A VM restored before already carries the pin; do not stack another.
+        elif option in ("machine", "M") and value == manifest.machine_type:
+            index += 2
+        # With -S the restored VM would stay paused even if it was running.
+        elif option == "S":
+            index += 1
+        else:
+            argv.append(word)
+            index += 1
+    return argv + ["-machine", manifest.machine_type, "-incoming", "defer"]
+
+
+def _systemd_runs_host() -> bool:
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") is not None
+
+
+def launch(manifest: Manifest, state_dir: str, launch_mode: str, unit: str) -> Optional[subprocess.Popen]:
+    """Start the new QEMU so it outlives this process; return the child when we hold it."""
+    log_path = os.path.join(state_dir, f"{manifest.name}.log")
+    if launch_mode == "systemd":
+        # The operator's unit adds -incoming defer itself (see the module documentation).
+        subprocess.run(["systemctl", "start", unit.format(name=manifest.name)], check=True, capture_output=True)
+        return None
+    argv = restore_argv(manifest)
+    if _systemd_runs_host():
+        subprocess.run(["systemd-run", f"--unit=hypervisor-cpr-{manifest.name}-{int(time.time())}", "--collect",
+                        f"--working-directory={manifest.cwd}", "--", *argv], check=True, capture_output=True)
+        return None
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o600)
+        return subprocess.Popen(argv, cwd=manifest.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+
+
+async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], state_dir: str,
+                        timeout: float) -> None:
+    """Wait until the new QEMU answers on its QMP socket; if it dies first, its own words are the error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if child is not None and child.poll() not in (None, 0):
+            raise CprError(f"the new QEMU exited with status {child.returncode}: {_log_tail(state_dir, manifest.name)}",
+                           manifest.name, hint="fix the cause (a missing device or file, a changed binary) and run "
+                           "cpr_restore again; the state file and manifest are kept")
+        try:
+            async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=min(5.0, timeout)):
+                return
+        except CprError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.02)
+
+
+def _log_tail(state_dir: str, name: str) -> str:
+    try:
+        with open(os.path.join(state_dir, f"{name}.log"), encoding="utf-8", errors="replace") as handle:
+            return " ".join(handle.read().strip().splitlines()[-3:]) or "no output"
+    except OSError:
+        return "no output"
+
+
+async def _wait_agent(manifest: Manifest, timeout: float) -> None:
+    """The guest agent answers again, where it did before the save."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with open_agent(manifest.qga_socket or "", vm=manifest.name, timeout=min(5.0, timeout)) as agent:
+                await agent.execute("guest-ping")
+            return
+        except CprError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
+def _expected_runstate(manifest: Manifest) -> str:
+    return "running" if manifest.suspended_by_us else manifest.runstate_before
+
+
+async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_state: bool, launch_mode: str,
+                       unit: str, verify_checksum: bool, running: Dict[str, VmEndpoint]) -> RestoreResult:
+    name = manifest.name
+    started = time.monotonic()
+    existing = running.get(name)
+    if existing is not None:
+        async with open_qmp(existing.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+            state = await runstate(session)
+        if state == "postmigrate":
+            raise CprError("the QEMU that was saved is still running (postmigrate)", name,
+                           hint="it was saved with quit=false: quit it (QMP quit) before restoring")
+        if state != "inmigrate":
+            # An earlier run restored it and stopped before cleaning up.
+            return await _finish_restore(manifest, existing.pid, state_dir, timeout, keep_state, started,
+                                         changed=state != _expected_runstate(manifest))
+
+    if verify_checksum:
+        verify_state_file(manifest)
+    child = launch(manifest, state_dir, launch_mode, unit) if existing is None else None
+    await _wait_for_qmp(manifest, child, state_dir, timeout)
+    async with open_qmp(manifest.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+        pid = session.pid
+        await _set_migration(session, manifest.capabilities, manifest.parameters)
+        await session.execute("migrate-incoming", {"uri": f"file:{manifest.state_file}"})
+        try:
+            await wait_migration(session, timeout, "the restore")
+        except CprError:
+            with contextlib.suppress(CprError):
+                await session.execute("quit")
+            raise
+        expected = manifest.runstate_before
+        state = await runstate(session)
+        if state != expected:
+            state = await wait_runstate(session, expected, timeout, "the restore")
+        if manifest.suspended_by_us:
+            await wake_guest(session, timeout)
+    return await _finish_restore(manifest, pid, state_dir, timeout, keep_state, started, changed=True)
+
+
+async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str, timeout: float, keep_state: bool,
+                          started: float, changed: bool) -> RestoreResult:
+    expected = _expected_runstate(manifest)
+    async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=min(timeout, 30)) as session:
+        state = await runstate(session)
+        if state == "suspended" and manifest.suspended_by_us:
+            await wake_guest(session, timeout)
+            state, changed = "running", True
+    if state != expected:
+        raise CprError(f"after the restore the VM is {state}, not {expected} as before the save", manifest.name,
+                       hint="the state file and manifest are kept; inspect the VM")
+    if manifest.agent_answered and state == "running" and manifest.qga_socket:
+        await _wait_agent(manifest, timeout)
+    downtime = time.time() - manifest.paused_at
+    if not keep_state:
+        remove_saved(state_dir, manifest.name)
+    return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, downtime, keep_state)
+
+
+def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = None, timeout: float = 300.0,
+            keep_state: bool = False, launch_mode: str = "argv", unit: str = "qemu@{name}.service",
+            verify_checksum: bool = True, check_mode: bool = False) -> Dict[str, Any]:
+    """Restore every saved VM (or the named ones); return what the cpr_restore module reports."""
+    if os.path.lexists(state_dir):
+        ensure_state_dir(state_dir, create=False)
+    manifests = list_manifests(state_dir)
+    if names:
+        found = {m.name for m in manifests}
+        running_names = {e.name for e in discover()}
+        unknown = [n for n in names if n not in found and n not in running_names]
+        if unknown:
+            raise ManifestError(f"no manifest in {state_dir} and no running VM for {', '.join(unknown)}",
+                                hint="check the names and state_dir")
+        manifests = [m for m in manifests if m.name in names]
+    running = {e.name: e for e in discover()}
+    if check_mode or not manifests:
+        if check_mode:
+            for manifest in manifests:
+                if manifest.name not in running and verify_checksum:
+                    verify_state_file(manifest)
+        return {"changed": bool(manifests), "vms": [], "would_restore": [m.name for m in manifests]}
+
+    with host_lock(state_dir):
+        results = asyncio.run(_restore_all(manifests, state_dir, timeout, keep_state, launch_mode, unit,
+                                           verify_checksum, running))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    done = [r.to_dict() for r in results if isinstance(r, RestoreResult)]
+    if errors:
+        raise CprError("; ".join(str(e) for e in errors)
+                       + (f". Restored: {', '.join(r['name'] for r in done)}" if done else ""),
+                       hint="the state files and manifests of the failed VMs are kept: fix the cause and run again")
+    return {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": [m.name for m in manifests]}
+
+
+async def _restore_all(manifests: List[Manifest], state_dir: str, timeout: float, keep_state: bool, launch_mode: str,
+                       unit: str, verify_checksum: bool, running: Dict[str, VmEndpoint]) -> List[Any]:
+    return list(await asyncio.gather(*(
+        _restore_one(m, state_dir, timeout, keep_state, launch_mode, unit, verify_checksum, running)
+        for m in manifests), return_exceptions=True))

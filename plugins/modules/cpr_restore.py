@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: cpr_restore
+short_description: Bring VMs saved by cpr_save back, each exactly where it stopped
+version_added: 0.1.0
+description:
+  - For every manifest in O(state_dir) (or the O(names) given), concurrently, starts a new QEMU with the recorded
+    command line, the machine type pinned to the recorded versioned type (so a QEMU upgrade does not change the guest
+    ABI), any C(-S) and old C(-incoming) removed and C(-incoming defer) added, then loads the state file with the
+    same migration mode and capabilities as the save.
+  - Guests the save suspended are woken; paused VMs stay paused; suspended ones stay suspended. Where the guest
+    agent answered before the save, the module waits until it answers again.
+  - Only when a VM is back in its old runstate are its state file and manifest removed (unless O(keep_state)). On any
+    failure they are kept, the error says why, and running the module again retries.
+  - The new QEMU is detached so it outlives the module. When systemd runs the host it is started under
+    C(systemd-run) as a transient unit, so systemd supervises it; otherwise in a session of its own, with its output
+    in C(<state_dir>/<name>.log).
+author:
+  - hypervisor.cpr maintainers (@hypervisor-cpr)
+options:
+  state_dir:
+    description: Directory holding the state files and manifests written by M(hypervisor.cpr.cpr_save).
+    type: path
+    default: /var/lib/qemu-cpr
+  names:
+    description: Restore only these VMs. An unknown name (no manifest, no running VM) is an error.
+    type: list
+    elements: str
+  timeout:
+    description: Seconds for each VM's restore, including the wait for its guest agent.
+    type: float
+    default: 300.0
+  keep_state:
+    description: Keep state files and manifests after a successful restore.
+    type: bool
+    default: false
+  verify_checksum:
+    description:
+      - Check each state file's size and SHA-256 against its manifest before loading it. A truncated or corrupted file
+        is refused, and kept.
+    type: bool
+    default: true
+  launch:
+    description:
+      - How to start the new QEMU.
+      - V(argv) runs the recorded command line (under C(systemd-run) when systemd runs the host).
+      - V(systemd) starts the unit O(systemd_unit) instead, for VMs whose QEMU a unit of the operator's runs; that unit
+        must add C(-incoming defer) to QEMU's command line when a state file is pending, for example with an
+        C(ExecStart=) that appends C(-incoming defer) if C(<state_dir>/%i.json) exists.
+    type: str
+    choices: [argv, systemd]
+    default: argv
+  systemd_unit:
+    description: Unit started with O(launch=systemd); C({name}) is replaced by the VM's name.
+    type: str
+    default: qemu@{name}.service
+attributes:
+  check_mode:
+    description: Checks every manifest and state file and reports which VMs would be restored.
+    support: full
+  diff_mode:
+    description: Has no diff to show.
+    support: none
+notes:
+  - Idempotent. A VM already running with no manifest is not touched; one that an interrupted run restored but did not
+    clean up is checked and cleaned up.
+seealso:
+  - module: hypervisor.cpr.cpr_save
+"""
+
+EXAMPLES = r"""
+- name: Restore every VM saved on this host
+  hypervisor.cpr.cpr_restore:
+    state_dir: /var/lib/qemu-cpr
+  register: restored
+
+- name: Show the downtime of each VM
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: {{ item.downtime_seconds | round(2) }} s"
+  loop: "{{ restored.vms }}"
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per VM restored (or checked) by this call.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+    changed:
+      description: Whether this call changed the VM.
+      type: bool
+    pid:
+      description: Process id of the new QEMU.
+      type: int
+    runstate:
+      description: Runstate after the restore.
+      type: str
+      sample: running
+    restore_seconds:
+      description: Seconds the restore took, from the start of the new QEMU.
+      type: float
+    downtime_seconds:
+      description: Seconds from the stop at the save to the VM back in its old runstate, across the reboot.
+      type: float
+    state_kept:
+      description: Whether the state file and manifest were kept.
+      type: bool
+would_restore:
+  description: Names of the VMs this call restores (or in check mode would restore).
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import restore
+from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import run
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
+            names=dict(type="list", elements="str"),
+            timeout=dict(type="float", default=300.0),
+            keep_state=dict(type="bool", default=False),
+            verify_checksum=dict(type="bool", default=True),
+            launch=dict(type="str", choices=["argv", "systemd"], default="argv"),
+            systemd_unit=dict(type="str", default="qemu@{name}.service"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    run(module, lambda: restore(
+        state_dir=params["state_dir"], names=params["names"], timeout=params["timeout"],
+        keep_state=params["keep_state"], launch_mode=params["launch"], unit=params["systemd_unit"],
+        verify_checksum=params["verify_checksum"], check_mode=module.check_mode,
+    ))
+
+
+if __name__ == "__main__":
+    main()
