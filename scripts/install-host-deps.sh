@@ -40,7 +40,7 @@ fi
 
 apt-get update -qq
 apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
-apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod python3-venv \
+apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
     openssh-client rsync shellcheck >/dev/null
 
 qemu_version=$(qemu-system-x86_64 --version | awk 'NR==1 {print $4}')

@@ -50,7 +50,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     verify_state_file,
     write_manifest,
 )
-from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import locate
+from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import filesystem_of
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.suspend import runstate, suspend_guest, wake_guest, wait_runstate
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
@@ -70,6 +70,7 @@ MAPPED_RAM_MIN_BYTES = 256 << 20
 MULTIFD_CHANNELS = 4
 MIN_QEMU_MAPPED_RAM = (9, 0, 0)
 SUSPEND_CHOICES = ("vfio", "all", "none")
+ROLLED_BACK = "rolled back and resumed, because another VM of this call failed to save"
 FINAL_MIGRATION_STATES = ("completed", "failed", "cancelled")
 
 
@@ -117,7 +118,10 @@ class _SaveJob:
     previous_parameters: Dict[str, Any] = field(default_factory=dict)
     suspended_by_us: bool = False
     paused_at: float = 0.0
+    # Set once QEMU has written a complete state file.
+    manifest: Optional[Manifest] = None
     result: Optional[SaveResult] = None
+    undo_error: Optional[str] = None
 
 
 def boot_id() -> str:
@@ -144,6 +148,9 @@ def migration_settings(facts: VmFacts, available: List[str]) -> Tuple[Dict[str, 
 def check_space(state_dir: str, selected: List[VmFacts], reboot: str) -> None:
     """Refuse before touching anything when the state directory cannot hold the save."""
     needed = sum((f.cpr.ram_copy_bytes if f.cpr else 0) + DEVICE_STATE_MARGIN for f in selected)
+    # In check mode the directory may not exist yet: look where it would be created.
+    while not os.path.exists(state_dir):
+        state_dir = os.path.dirname(state_dir)
     usage = shutil.disk_usage(state_dir)
     if usage.free < needed:
         copying = [f.name for f in selected if f.cpr and f.cpr.ram_copy_bytes]
@@ -153,7 +160,7 @@ def check_space(state_dir: str, selected: List[VmFacts], reboot: str) -> None:
             hint="free space there, choose another state_dir, or keep RAM in place on shared file-backed memory",
         )
     if reboot != "none":
-        persistent, note = locate(state_dir, None)[3:]
+        persistent, note = filesystem_of(state_dir, os.stat(state_dir).st_dev, None)[2:]
         if not persistent:
             raise NotReadyError(f"the state directory must survive the {reboot}, but {note}",
                                 hint="put state_dir on a disk filesystem")
@@ -218,8 +225,7 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
     state = await runstate(session)
     if state != "postmigrate":
         raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
-    digest = sync_and_digest(path)
-    manifest = Manifest(
+    job.manifest = Manifest(
         name=name, argv=facts.argv, cwd=_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
         runstate_before=runstate_before, suspended_by_us=job.suspended_by_us,
@@ -228,12 +234,14 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
         memory_backends=[b.to_dict() for b in facts.memory_backends],
         capabilities=job.capabilities, parameters=job.parameters, state_file=path, reboot=reboot,
         paused_at=job.paused_at, boot_id=boot_id(), kernel=platform.release(),
-        saved_at=time.time(), **digest,
     )
-    write_manifest(state_dir, manifest)
-    job.result = SaveResult(name, True, path, digest["state_bytes"], manifest.ram_in_place, runstate_before,
+    digest = sync_and_digest(path)
+    job.manifest.state_bytes, job.manifest.state_sha256 = digest["state_bytes"], digest["state_sha256"]
+    job.manifest.saved_at = time.time()
+    write_manifest(state_dir, job.manifest)
+    job.result = SaveResult(name, True, path, job.manifest.state_bytes, job.manifest.ram_in_place, runstate_before,
                             job.suspended_by_us, job.paused_at, time.monotonic() - started, False)
-    return manifest
+    return job.manifest
 
 
 def _cwd(pid: Optional[int]) -> str:
@@ -251,6 +259,14 @@ async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout
         with contextlib.suppress(CprError):
             await wait_migration(session, timeout, "the cancelled save")
     state = await runstate(session)
+    if state == "postmigrate" and job.manifest is not None and job.manifest.runstate_before == "suspended":
+        # QEMU 10.0 aborts on cont from postmigrate when the guest was suspended
+        # ("invalid runstate transition"). The state file is complete, so the
+        # safe way back is the restore path: a new QEMU loads it.
+        await _quit(session, session.pid or job.facts.pid, timeout)
+        await _restore_one(job.manifest, state_dir, timeout, keep_state=False, launch_mode="argv", unit="",
+                           verify_checksum=False, running={})
+        return
     if state == "postmigrate" and job.facts.runstate != "paused":
         await session.execute("cont")
         state = await runstate(session)
@@ -259,6 +275,13 @@ async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout
     if job.previous_parameters or job.previous_capabilities:
         await _set_migration(session, job.previous_capabilities, job.previous_parameters)
     remove_saved(state_dir, job.facts.name)
+
+
+async def _undo_noting_failure(session: QmpSession, job: _SaveJob, state_dir: str, timeout: float) -> None:
+    try:
+        await _undo_save(session, job, state_dir, timeout)
+    except CprError as exc:
+        job.undo_error = str(exc)
 
 
 async def _quit(session: QmpSession, pid: Optional[int], timeout: float) -> None:
@@ -298,15 +321,14 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
             await _save_to_file(session, job, state_dir, reboot, timeout)
         except BaseException as exc:
             saved.set_result(False)
-            with contextlib.suppress(CprError):
-                await _undo_save(session, job, state_dir, timeout)
+            await _undo_noting_failure(session, job, state_dir, timeout)
             if isinstance(exc, CprError) and exc.vm is None:
                 exc.vm = name
             raise
         saved.set_result(True)
         if not await decision:
-            await _undo_save(session, job, state_dir, timeout)
-            raise CprError("rolled back and resumed, because another VM of this call failed to save", name)
+            await _undo_noting_failure(session, job, state_dir, timeout)
+            raise CprError(ROLLED_BACK, name)
         assert job.result is not None
         if quit_after:
             await _quit(session, session.pid or job.facts.pid, timeout)
@@ -332,7 +354,8 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
          check_mode: bool = False) -> Dict[str, Any]:
     """Save the selected VMs; return what the cpr_save module reports."""
     expression = compile_query(query)
-    ensure_state_dir(state_dir, create=not check_mode)
+    if not check_mode or os.path.lexists(state_dir):
+        ensure_state_dir(state_dir, create=not check_mode)
     running = {e.name: e for e in endpoints(vms)}
     earlier = _already_saved(state_dir, names or [m.name for m in list_manifests(state_dir)], running)
     wanted = [n for n in (names or running) if n not in {r.name for r in earlier}]
@@ -390,12 +413,16 @@ async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_
     results = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
-        failed_first = [e for e in errors if "another VM of this call" not in str(e)] or errors
-        rolled_back = [j.facts.name for j, r in zip(jobs, results) if isinstance(r, BaseException)]
+        causes = [e for e in errors if not (isinstance(e, CprError) and e.message == ROLLED_BACK)] or errors
+        failed = [j for j, r in zip(jobs, results) if isinstance(r, BaseException)]
+        resumed = [j.facts.name for j in failed if j.undo_error is None]
+        stuck = [f"{j.facts.name} ({j.undo_error})" for j in failed if j.undo_error is not None]
         saved = [r.name for r in results if isinstance(r, SaveResult)]
         raise CprError(
-            "; ".join(str(e) for e in failed_first)
-            + f". Resumed as they were: {', '.join(rolled_back)}"
+            "; ".join(str(e) for e in causes)
+            + (f". Resumed as they were: {', '.join(resumed)}" if resumed else "")
+            + (f". Could not be resumed, state files and manifests kept for cpr_restore: {'; '.join(stuck)}"
+               if stuck else "")
             + (f". Saved: {', '.join(saved)}" if saved else ""),
             hint="fix the cause and run again; saved VMs are restored by cpr_restore",
         )

@@ -139,13 +139,19 @@ def locate(path: str, pid: Optional[int]) -> Tuple[str, Optional[str], bool, boo
             return "dax-device", None, True, True, f"device DAX {name} on persistent memory"
         return "char-device", None, False, False, f"character device {name or path} is not known to persist"
 
-    mount = mount_of(path, st.st_dev, read_mountinfo(pid))
+    fstype, dax, persistent, note = filesystem_of(path, st.st_dev, pid)
+    return "file", fstype, dax, persistent, note
+
+
+def filesystem_of(path: str, st_dev: int, pid: Optional[int]) -> Tuple[Optional[str], bool, bool, str]:
+    """The filesystem a file or directory is on: (type, dax, survives a reboot, note)."""
+    mount = mount_of(path, st_dev, read_mountinfo(pid))
     fstype = mount.fstype if mount else None
     dax = bool(mount) and any(o == "dax" or (o.startswith("dax=") and o != "dax=never") for o in mount.options)
-    if fstype in VOLATILE_FILESYSTEMS:
-        return "file", fstype, dax, False, f"{path} is on {fstype} ({mount.mount_point}), which lives in RAM"
+    if mount and fstype in VOLATILE_FILESYSTEMS:
+        return fstype, dax, False, f"{path} is on {fstype} ({mount.mount_point}), which lives in RAM"
     where = f"{fstype} ({mount.mount_point})" if mount else "an unknown filesystem"
-    return "file", fstype, dax, True, f"{path} is on {where}, which survives a reboot"
+    return fstype, dax, True, f"{path} is on {where}, which survives a reboot"
 
 
 def classify(backend_id: str, qom_type: str, size: int, share: bool, mem_path: Optional[str],

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Extracts Debian 12's own QEMU 7.2 (which has no cpr-reboot) into a cache
 # directory, so tests can check how hypervisor.cpr treats a QEMU too old.
 # Nothing is installed: the packages are downloaded and unpacked only.

@@ -21,7 +21,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import open_qmp
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _only(name, **kwargs):

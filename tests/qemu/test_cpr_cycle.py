@@ -1,0 +1,234 @@
+"""The whole cpr-reboot cycle on real test-bed VMs (TCG, real guest agent, real QMP).
+
+Every cycle proves the guest's RAM survived: the random marker in its tmpfs
+is identical and its counter went on from where it was.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import testbed
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, suspend
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ManifestError
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+
+
+def _memory(vms):
+    return {vm.name: (vm.marker(), vm.counter()) for vm in vms}
+
+
+def _assert_survived(vms, before):
+    for vm in vms:
+        vm.refresh_pid()
+        marker, counter = before[vm.name]
+        assert vm.marker() == marker, f"{vm.name}: guest RAM changed"
+        assert vm.counter() >= counter, f"{vm.name}: counter went back"
+        assert vm.agent("guest-ping") == {}
+
+
+def _names(result):
+    return sorted(vm["name"] for vm in result["vms"])
+
+
+def test_cycle_running_paused_and_pc(vm_dir):
+    q35 = testbed.boot_vms(vm_dir, names=["q35run"], ram="shared-file", machine="q35")
+    pc = testbed.boot_vms(vm_dir, names=["pcpaused"], ram="shared-file", machine="pc")
+    vms = q35 + pc
+    before = _memory(vms)
+    pc[0].qmp("stop")
+    state_dir = os.path.join(vm_dir, "state")
+
+    saved = cpr.save(names=["q35run", "pcpaused"], state_dir=state_dir, reboot="none", timeout=60)
+    assert _names(saved) == ["pcpaused", "q35run"]
+    by_name = {vm["name"]: vm for vm in saved["vms"]}
+    assert by_name["q35run"]["ram_in_place"] and by_name["q35run"]["runstate_before"] == "running"
+    assert by_name["pcpaused"]["runstate_before"] == "paused"
+    assert all(not vm.alive() for vm in vms), "every QEMU quits after the save"
+    assert sorted(os.listdir(state_dir)) == [".hypervisor-cpr.lock", "pcpaused.json", "pcpaused.state",
+                                            "q35run.json", "q35run.state"]
+    assert os.stat(os.path.join(state_dir, "q35run.state")).st_mode & 0o777 == 0o600
+    assert os.stat(state_dir).st_mode & 0o777 == 0o700
+    with open(os.path.join(state_dir, "q35run.json"), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    assert manifest["machine_type"] == "pc-q35-10.0" or manifest["machine_type"].startswith("pc-q35-")
+    assert manifest["capabilities"] == {"x-ignore-shared": True}
+
+    again = cpr.save(names=["q35run", "pcpaused"], state_dir=state_dir, reboot="none", timeout=60)
+    assert not again["changed"] and all(not vm["changed"] for vm in again["vms"])
+
+    restored = cpr.restore(state_dir=state_dir, timeout=60)
+    by_name = {vm["name"]: vm for vm in restored["vms"]}
+    assert by_name["q35run"]["runstate"] == "running"
+    assert by_name["pcpaused"]["runstate"] == "paused"
+    assert all(vm["downtime_seconds"] > 0 for vm in restored["vms"])
+    assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
+    pc[0].refresh_pid()
+    pc[0].qmp("cont")
+    _assert_survived(vms, before)
+    assert testbed.TestVM.qmp(q35[0], "qom-get", path="/machine", property="type").startswith("pc-q35-")
+
+    assert not cpr.restore(state_dir=state_dir, timeout=60)["changed"]
+
+
+def test_private_ram_is_copied_into_the_state_file(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["priv"], ram="private")
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    saved = cpr.save(names=["priv"], state_dir=state_dir, reboot="kexec", timeout=60)
+    [entry] = saved["vms"]
+    assert not entry["ram_in_place"]
+    # 256 MiB of RAM, mostly zero pages; the guest's own memory is in the file.
+    assert entry["state_bytes"] > 4 << 20
+    cpr.restore(state_dir=state_dir, timeout=60)
+    _assert_survived(vms, before)
+
+
+def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"])
+    before = _memory(vms)
+    [result] = suspend.select_and_set_states(None, ["sleepy"], None, "suspended", 30)
+    assert result["changed"] and result["runstate"] == "suspended"
+    assert not suspend.select_and_set_states(None, ["sleepy"], None, "suspended", 30)[0]["changed"]
+    state_dir = os.path.join(vm_dir, "state")
+
+    # suspend=all: the module suspends "woken" itself and wakes it after the restore.
+    saved = {vm["name"]: vm for vm in cpr.save(names=["sleepy", "woken"], state_dir=state_dir, reboot="none",
+                                                suspend="all", timeout=60)["vms"]}
+    assert (saved["sleepy"]["suspended_by_us"], saved["woken"]["suspended_by_us"]) == (False, True)
+    restored = {vm["name"]: vm for vm in cpr.restore(state_dir=state_dir, timeout=60)["vms"]}
+    assert restored["sleepy"]["runstate"] == "suspended"
+    assert restored["woken"]["runstate"] == "running"
+
+    [woke] = suspend.select_and_set_states(None, ["sleepy"], None, "awake", 30)
+    assert woke["runstate"] == "running"
+    _assert_survived(vms, before)
+
+
+def test_check_mode_changes_nothing(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["checked"])
+    state_dir = os.path.join(vm_dir, "state")
+    result = cpr.save(names=["checked"], state_dir=state_dir, reboot="none", check_mode=True)
+    assert result["changed"] and result["would_save"] == ["checked"]
+    assert not os.path.exists(state_dir)
+    assert vms[0].runstate() == "running"
+    assert suspend.select_and_set_states(None, ["checked"], None, "suspended", 30, check_mode=True)[0]["changed"]
+    assert vms[0].runstate() == "running"
+
+
+def test_agent_not_answering_resumes_every_vm(vm_dir, qemu):
+    """all_or_nothing: one VM cannot be suspended, so the other, already saved, is resumed too."""
+    vms = testbed.boot_vms(vm_dir, names=["healthy"])
+    before = _memory(vms)
+    qmp, qga = os.path.join(vm_dir, "mute.qmp"), os.path.join(vm_dir, "mute.qga")
+    # A guest agent socket with no agent behind it: firmware only, no guest.
+    qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", "-name", "mute",
+               "-chardev", f"socket,id=qga0,path={qga},server=on,wait=off", "-device", "virtio-serial",
+               "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0", wait_for=qmp)
+    state_dir = os.path.join(vm_dir, "state")
+    with pytest.raises(CprError) as failure:
+        cpr.save(names=["healthy", "mute"], state_dir=state_dir, reboot="none", suspend="all", timeout=5)
+    message = str(failure.value)
+    assert "VM mute: the guest agent on" in message and "did not answer within 5 s" in message
+    assert "Resumed as they were: healthy, mute" in message or "Resumed as they were: mute, healthy" in message
+    assert vms[0].runstate() == "running"
+    assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
+    _assert_survived(vms, before)
+
+
+def test_disk_full_during_the_save(vm_dir):
+    """ENOSPC in the middle of writing RAM: the VM resumes and no partial file is left."""
+    vms = testbed.boot_vms(vm_dir, names=["full"], ram="private")
+    # Incompressible guest memory, so the state file is large and takes a while to write.
+    vms[0].guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", "count=64"], timeout=120)
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    os.makedirs(state_dir, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512M,mode=0700", "tmpfs", state_dir], check=True)
+    try:
+        filler = _fill_when_created(os.path.join(state_dir, "full.state"), state_dir, vms[0].pid)
+        with pytest.raises(CprError, match="VM full: the save failed"):
+            cpr.save(names=["full"], state_dir=state_dir, reboot="none", timeout=60)
+        filler.join()
+        assert vms[0].runstate() == "running"
+        assert not os.path.exists(os.path.join(state_dir, "full.state"))
+        assert not os.path.exists(os.path.join(state_dir, "full.json"))
+    finally:
+        subprocess.run(["umount", "-l", state_dir], check=True)
+    _assert_survived(vms, before)
+
+
+def _fill_when_created(path, directory, pid):
+    """Take all free space of the filesystem once QEMU starts writing the state file.
+
+    QEMU is stopped (SIGSTOP) while the space goes, so the race is always won:
+    the save then meets a full disk in the middle of writing guest RAM.
+    """
+
+    def fill():
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            descriptor = os.open(os.path.join(directory, ".ballast"), os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(descriptor, 0, shutil.disk_usage(directory).free)
+            finally:
+                os.close(descriptor)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    thread = threading.Thread(target=fill)
+    thread.start()
+    return thread
+
+
+def test_not_enough_space_is_refused_before_touching(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["roomless"], ram="private")
+    state_dir = os.path.join(vm_dir, "state")
+    os.makedirs(state_dir, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M,mode=0700", "tmpfs", state_dir], check=True)
+    try:
+        with pytest.raises(NotReadyError, match=r"has 64 MiB free, the save needs about 320 MiB .RAM is copied for roomless"):
+            cpr.save(names=["roomless"], state_dir=state_dir, reboot="none", timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", state_dir], check=True)
+    assert vms[0].runstate() == "running"
+
+
+def test_truncated_state_file_is_refused_and_kept(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["trunc"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    cpr.save(names=["trunc"], state_dir=state_dir, reboot="none", timeout=60)
+    state_file = os.path.join(state_dir, "trunc.state")
+    shutil.copy(state_file, state_file + ".good")
+    with open(state_file, "r+b") as handle:
+        handle.truncate(1000)
+    with pytest.raises(CprError, match="VM trunc: state file .* has 1000 bytes, its manifest says"):
+        cpr.restore(state_dir=state_dir, timeout=60)
+    assert os.path.exists(state_file) and os.path.exists(os.path.join(state_dir, "trunc.json"))
+    assert not vms[0].alive()
+
+    os.replace(state_file + ".good", state_file)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    _assert_survived(vms, before)
+
+
+def test_volatile_ram_refused_for_kexec(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["shmvm"], ram="shm")
+    state_dir = os.path.join(vm_dir, "state")
+    with pytest.raises(NotReadyError, match="VM shmvm is not ready: the RAM of memory backend ram0 would stay in place"):
+        cpr.save(names=["shmvm"], state_dir=state_dir, reboot="kexec", timeout=60)
+    assert vms[0].runstate() == "running"
+    with pytest.raises(ManifestError, match="no manifest"):
+        cpr.restore(state_dir=state_dir, names=["nothere"], timeout=5)
