@@ -134,12 +134,13 @@ def boot_id() -> str:
 
 def migration_settings(facts: VmFacts, available: List[str]) -> Tuple[Dict[str, bool], Dict[str, Any]]:
     """The capabilities and parameters a save uses; a restore sets the same."""
-    assert facts.cpr is not None
-    capabilities = {"x-ignore-shared": facts.cpr.ram_in_place}
+    ram_in_place = bool(facts.cpr and facts.cpr.ram_in_place)
+    copy_bytes = facts.cpr.ram_copy_bytes if facts.cpr else 0
+    capabilities = {"x-ignore-shared": ram_in_place}
     parameters: Dict[str, Any] = {"mode": "cpr-reboot"}
     # mapped-ram writes RAM at fixed offsets with several threads: faster for big copies.
     if ("mapped-ram" in available and version_tuple(facts.qemu_version) >= MIN_QEMU_MAPPED_RAM
-            and facts.cpr.ram_copy_bytes >= MAPPED_RAM_MIN_BYTES):
+            and copy_bytes >= MAPPED_RAM_MIN_BYTES):
         capabilities.update({"mapped-ram": True, "multifd": True})
         parameters["multifd-channels"] = MULTIFD_CHANNELS
     return capabilities, parameters
@@ -329,11 +330,13 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
         if not await decision:
             await _undo_noting_failure(session, job, state_dir, timeout)
             raise CprError(ROLLED_BACK, name)
-        assert job.result is not None
+        result = job.result
+        if result is None:
+            raise CprError("the save ended without a result", name)
         if quit_after:
             await _quit(session, session.pid or job.facts.pid, timeout)
-            job.result.quit = True
-        return job.result
+            result.quit = True
+        return result
 
 
 def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint]) -> List[SaveResult]:

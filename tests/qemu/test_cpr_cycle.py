@@ -53,8 +53,8 @@ def test_cycle_running_paused_and_pc(vm_dir):
     assert by_name["q35run"]["ram_in_place"] and by_name["q35run"]["runstate_before"] == "running"
     assert by_name["pcpaused"]["runstate_before"] == "paused"
     assert all(not vm.alive() for vm in vms), "every QEMU quits after the save"
-    assert sorted(os.listdir(state_dir)) == [".hypervisor-cpr.lock", "pcpaused.json", "pcpaused.state",
-                                            "q35run.json", "q35run.state"]
+    expected = [".hypervisor-cpr.lock", "pcpaused.json", "pcpaused.state", "q35run.json", "q35run.state"]
+    assert sorted(os.listdir(state_dir)) == expected
     assert os.stat(os.path.join(state_dir, "q35run.state")).st_mode & 0o777 == 0o600
     assert os.stat(state_dir).st_mode & 0o777 == 0o700
     with open(os.path.join(state_dir, "q35run.json"), encoding="utf-8") as handle:
@@ -101,8 +101,8 @@ def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
     state_dir = os.path.join(vm_dir, "state")
 
     # suspend=all: the module suspends "woken" itself and wakes it after the restore.
-    saved = {vm["name"]: vm for vm in cpr.save(names=["sleepy", "woken"], state_dir=state_dir, reboot="none",
-                                                suspend="all", timeout=60)["vms"]}
+    result = cpr.save(names=["sleepy", "woken"], state_dir=state_dir, reboot="none", suspend="all", timeout=60)
+    saved = {vm["name"]: vm for vm in result["vms"]}
     assert (saved["sleepy"]["suspended_by_us"], saved["woken"]["suspended_by_us"]) == (False, True)
     restored = {vm["name"]: vm for vm in cpr.restore(state_dir=state_dir, timeout=60)["vms"]}
     assert restored["sleepy"]["runstate"] == "suspended"

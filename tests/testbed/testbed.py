@@ -129,7 +129,7 @@ async def _agent_resync(client: QMPClient, timeout: float) -> None:
     # with a 0xFF byte that qemu.qmp cannot parse. guest-sync with a fresh
     # token works too: replies left over from an earlier client (with ids this
     # client may reuse) arrive first and never carry the token.
-    for _ in range(8):
+    for _attempt in range(8):
         token = secrets.randbelow(2**31)
         if await asyncio.wait_for(_run(client, "guest-sync", {"id": token}), timeout) == token:
             return
@@ -147,7 +147,7 @@ async def _call(path: Path, agent: bool, cmd: str, args: Mapping[str, Any],
 async def _no_reply(client: QMPClient, cmd: str, args: Mapping[str, Any], grace: float) -> None:
     # Success is silence; an error reply, if any, comes within the grace time.
     task = asyncio.ensure_future(_run(client, cmd, args))
-    done, _ = await asyncio.wait({task}, timeout=grace)
+    done = (await asyncio.wait({task}, timeout=grace))[0]
     if task in done:
         task.result()
         return
