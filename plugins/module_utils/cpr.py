@@ -63,6 +63,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
 )
 
 POLL_SECONDS = 0.01
+# Seconds to wait for a socket to answer; timeout options bound the work itself.
+CONNECT_TIMEOUT = 10.0
+# A guest asked to suspend may still get there after we gave up waiting.
+SUSPEND_SETTLE_SECONDS = 3.0
 # Device state (everything but guest RAM) stays well below this per VM.
 DEVICE_STATE_MARGIN = 64 << 20
 # Below this much RAM to copy, mapped-ram's fixed layout gains nothing.
@@ -206,8 +210,9 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
     # The guest stops serving at the suspend, so its blackout starts there.
     job.paused_at = time.time()
     if job.suspend and facts.runstate == "running":
-        await suspend_guest(session, job.endpoint, timeout)
+        # Set before asking, so an undo wakes a guest that suspends after a timeout.
         job.suspended_by_us = True
+        await suspend_guest(session, job.endpoint, timeout)
     runstate_before = "suspended" if job.suspended_by_us else facts.runstate or "running"
 
     job.previous_capabilities, job.previous_parameters = await _current_migration(
@@ -271,6 +276,9 @@ async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout
     if state == "postmigrate" and job.facts.runstate != "paused":
         await session.execute("cont")
         state = await runstate(session)
+    if job.suspended_by_us and state == "running":
+        with contextlib.suppress(CprError):
+            state = await wait_runstate(session, "suspended", SUSPEND_SETTLE_SECONDS, "the suspend we asked for")
     if job.suspended_by_us and state == "suspended":
         await wake_guest(session, timeout)
     if job.previous_parameters or job.previous_capabilities:
@@ -317,7 +325,7 @@ def _alive(pid: int) -> bool:
 async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, quit_after: bool,
                     saved: "asyncio.Future[bool]", decision: "asyncio.Future[bool]") -> SaveResult:
     name = job.facts.name
-    async with open_qmp(job.facts.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+    async with open_qmp(job.facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT) as session:
         try:
             await _save_to_file(session, job, state_dir, reboot, timeout)
         except BaseException as exc:
@@ -371,7 +379,7 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
                 endpoint.name, hint="run cpr_restore first: it finishes an interrupted restore and removes the manifest",
             )
 
-    facts = asyncio.run(gather_all(selected_endpoints, timeout=min(timeout, 30), reboot=reboot,
+    facts = asyncio.run(gather_all(selected_endpoints, timeout=CONNECT_TIMEOUT, reboot=reboot,
                                    ignore_shared=ignore_shared))
     if expression is not None:
         chosen = {vm["name"] for vm in run_query(expression, query or "", [f.to_dict() for f in facts])}
@@ -536,7 +544,7 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
     started = time.monotonic()
     existing = running.get(name)
     if existing is not None:
-        async with open_qmp(existing.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+        async with open_qmp(existing.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT) as session:
             state = await runstate(session)
         if state == "postmigrate":
             raise CprError("the QEMU that was saved is still running (postmigrate)", name,
@@ -550,7 +558,7 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
         verify_state_file(manifest)
     child = launch(manifest, state_dir, launch_mode, unit) if existing is None else None
     await _wait_for_qmp(manifest, child, state_dir, timeout)
-    async with open_qmp(manifest.qmp_socket, vm=name, timeout=min(timeout, 30)) as session:
+    async with open_qmp(manifest.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT) as session:
         pid = session.pid
         await _set_migration(session, manifest.capabilities, manifest.parameters)
         await session.execute("migrate-incoming", {"uri": f"file:{manifest.state_file}"})
@@ -572,7 +580,7 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
 async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str, timeout: float, keep_state: bool,
                           started: float, changed: bool) -> RestoreResult:
     expected = _expected_runstate(manifest)
-    async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=min(timeout, 30)) as session:
+    async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
         state = await runstate(session)
         if state == "suspended" and manifest.suspended_by_us:
             await wake_guest(session, timeout)

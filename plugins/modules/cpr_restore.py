@@ -24,6 +24,8 @@ description:
     in C(<state_dir>/<name>.log).
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
+extends_documentation_fragment:
+  - hypervisor.cpr.attributes
 options:
   state_dir:
     description: Directory holding the state files and manifests written by M(hypervisor.cpr.cpr_save).
@@ -63,10 +65,9 @@ options:
     default: qemu@{name}.service
 attributes:
   check_mode:
-    description: Checks every manifest and state file and reports which VMs would be restored.
     support: full
+    details: Checks every manifest and state file and reports which VMs would be restored.
   diff_mode:
-    description: Has no diff to show.
     support: none
 notes:
   - Idempotent. A VM already running with no manifest is not touched; one that an interrupted run restored but did not

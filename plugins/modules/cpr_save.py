@@ -27,6 +27,7 @@ description:
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
+  - hypervisor.cpr.attributes
   - hypervisor.cpr.vm_selection
 options:
   state_dir:
@@ -71,15 +72,14 @@ options:
     default: true
   timeout:
     description:
-      - Seconds for each VM's save, including the suspend of its guest; socket connections wait at most 30 seconds.
+      - Seconds for each VM's save, including the suspend of its guest. Socket connections wait at most 10 seconds.
     type: float
     default: 300.0
 attributes:
   check_mode:
-    description: Runs every check (readiness, free space, state directory) and reports which VMs would be saved.
     support: full
+    details: Runs every check (readiness, free space, state directory) and reports which VMs would be saved.
   diff_mode:
-    description: Has no diff to show.
     support: none
 notes:
   - Idempotent. A VM whose manifest exists and whose QEMU is gone was saved by an earlier run and is reported unchanged.

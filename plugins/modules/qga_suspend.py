@@ -20,6 +20,7 @@ description:
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
+  - hypervisor.cpr.attributes
   - hypervisor.cpr.vm_selection
 options:
   state:
@@ -30,10 +31,9 @@ options:
     default: suspended
 attributes:
   check_mode:
-    description: Reports which guests would change, and changes none.
     support: full
+    details: Reports which guests would change, and changes none.
   diff_mode:
-    description: Has no diff to show.
     support: none
 notes:
   - The guest must support suspend to RAM; QEMU must offer S3 (C(-global ICH9-LPC.disable_s3=0) on q35,

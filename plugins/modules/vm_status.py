@@ -21,6 +21,7 @@ description:
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
+  - hypervisor.cpr.attributes
   - hypervisor.cpr.vm_selection
 options:
   reboot:
@@ -39,10 +40,9 @@ options:
     default: auto
 attributes:
   check_mode:
-    description: Can run in check_mode and return the same result, since it never changes anything.
     support: full
+    details: Can run in check_mode and return the same result, since it never changes anything.
   diff_mode:
-    description: Has nothing to show as a diff.
     support: none
 notes:
   - A QMP socket serves one client at a time. A VM whose monitor is held by another client (libvirt, for example)

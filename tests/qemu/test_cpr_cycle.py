@@ -232,3 +232,16 @@ def test_volatile_ram_refused_for_kexec(vm_dir):
     assert vms[0].runstate() == "running"
     with pytest.raises(ManifestError, match="no manifest"):
         cpr.restore(state_dir=state_dir, names=["nothere"], timeout=5)
+
+
+def test_save_that_times_out_resumes_the_vm(vm_dir):
+    vms = testbed.boot_vms(vm_dir, names=["slow"], ram="private")
+    # Incompressible guest memory makes the copy take far longer than the timeout.
+    vms[0].guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", "count=64"], timeout=120)
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    with pytest.raises(CprError, match=r"VM slow: the save did not complete within 0.05 s"):
+        cpr.save(names=["slow"], state_dir=state_dir, reboot="none", timeout=0.05)
+    assert vms[0].runstate() == "running"
+    assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
+    _assert_survived(vms, before)
