@@ -45,6 +45,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     manifest_path,
     read_manifest,
     remove_saved,
+    saving_path,
     state_path,
     sync_and_digest,
     verify_state_file,
@@ -54,6 +55,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import files
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.suspend import runstate, suspend_guest, wake_guest, wait_runstate
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
+    SAVABLE_RUNSTATES,
     VmFacts,
     compile_query,
     endpoints,
@@ -226,11 +228,6 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
     started = time.monotonic()
     if not job.suspended_by_us:
         job.paused_at = time.time()
-    await session.execute("migrate", {"uri": f"file:{path}"})
-    await wait_migration(session, timeout, "the save")
-    state = await runstate(session)
-    if state != "postmigrate":
-        raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
     job.manifest = Manifest(
         name=name, argv=facts.argv, cwd=_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
@@ -241,13 +238,26 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
         capabilities=job.capabilities, parameters=job.parameters, state_file=path, reboot=reboot,
         paused_at=job.paused_at, boot_id=boot_id(), kernel=platform.release(),
     )
-    digest = sync_and_digest(path)
-    job.manifest.state_bytes, job.manifest.state_sha256 = digest["state_bytes"], digest["state_sha256"]
-    job.manifest.saved_at = time.time()
-    write_manifest(state_dir, job.manifest)
-    job.result = SaveResult(name, True, path, job.manifest.state_bytes, job.manifest.ram_in_place, runstate_before,
-                            job.suspended_by_us, job.paused_at, time.monotonic() - started, False)
+    write_manifest(state_dir, job.manifest, in_progress=True)
+    await session.execute("migrate", {"uri": f"file:{path}"})
+    await wait_migration(session, timeout, "the save")
+    state = await runstate(session)
+    if state != "postmigrate":
+        raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
+    job.result = _seal(state_dir, job.manifest, time.monotonic() - started)
     return job.manifest
+
+
+def _seal(state_dir: str, manifest: Manifest, seconds: float) -> SaveResult:
+    """fsync and checksum a complete state file, then turn the .saving record into the manifest."""
+    digest = sync_and_digest(manifest.state_file)
+    manifest.state_bytes, manifest.state_sha256 = digest["state_bytes"], digest["state_sha256"]
+    manifest.saved_at = time.time()
+    write_manifest(state_dir, manifest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(saving_path(state_dir, manifest.name))
+    return SaveResult(manifest.name, True, manifest.state_file, manifest.state_bytes, manifest.ram_in_place,
+                      manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at, seconds, False)
 
 
 def _cwd(pid: Optional[int]) -> str:
@@ -381,6 +391,10 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
 
     facts = asyncio.run(gather_all(selected_endpoints, timeout=CONNECT_TIMEOUT, reboot=reboot,
                                    ignore_shared=ignore_shared))
+    interrupted = [f for f in facts if os.path.exists(saving_path(state_dir, f.name))]
+    if interrupted and not check_mode:
+        earlier += asyncio.run(_finish_interrupted(interrupted, state_dir, quit_after))
+        facts = [f for f in facts if f.name not in {r.name for r in earlier}]
     if expression is not None:
         chosen = {vm["name"] for vm in run_query(expression, query or "", [f.to_dict() for f in facts])}
         facts = [f for f in facts if f.name in chosen]
@@ -397,12 +411,38 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
         check_space(state_dir, facts, reboot)
     plan = [f.name for f in facts]
     if check_mode or not facts:
-        return {"changed": bool(facts), "vms": [r.to_dict() for r in earlier], "would_save": plan}
+        changed = bool(facts) or any(r.changed for r in earlier)
+        return {"changed": changed, "vms": [r.to_dict() for r in earlier], "would_save": plan}
 
     by_name = {e.name: e for e in selected_endpoints}
     with host_lock(state_dir):
         results = asyncio.run(_save_all(facts, by_name, state_dir, reboot, timeout, quit_after, suspend, all_or_nothing))
     return {"changed": True, "vms": [r.to_dict() for r in earlier + results], "would_save": plan}
+
+
+async def _finish_interrupted(facts: List[VmFacts], state_dir: str, quit_after: bool) -> List[SaveResult]:
+    """Deal with the .saving records of an earlier run that stopped in the middle of a save.
+
+    A QEMU in postmigrate with its migration completed wrote a whole state
+    file: seal it and quit, as that run would have. A VM that runs again was
+    rolled back: its record and partial file are stale.
+    """
+    finished = []
+    for vm_facts in facts:
+        record = read_manifest(saving_path(state_dir, vm_facts.name))
+        if vm_facts.runstate == "postmigrate" and vm_facts.migration.get("status") == "completed":
+            result = _seal(state_dir, record, 0.0)
+            if quit_after:
+                async with open_qmp(vm_facts.qmp_socket, vm=vm_facts.name, timeout=CONNECT_TIMEOUT) as session:
+                    await _quit(session, session.pid or vm_facts.pid, CONNECT_TIMEOUT)
+                result.quit = True
+            finished.append(result)
+        elif vm_facts.runstate in SAVABLE_RUNSTATES:
+            remove_saved(state_dir, vm_facts.name)
+        else:
+            raise CprError(f"an earlier save was interrupted and the VM is now {vm_facts.runstate}", vm_facts.name,
+                           hint=f"inspect it; {saving_path(state_dir, vm_facts.name)} records how it was before")
+    return finished
 
 
 async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_dir: str, reboot: str,

@@ -133,9 +133,18 @@ def ensure_state_dir(state_dir: str, create: bool = True) -> None:
                             hint=f"chmod 0700 {state_dir}")
 
 
-def write_manifest(state_dir: str, manifest: Manifest) -> str:
-    """Write a manifest atomically (temp file, fsync, rename, fsync the directory)."""
-    path = manifest_path(state_dir, manifest.name)
+def saving_path(state_dir: str, name: str) -> str:
+    """The record of a save in progress: what the manifest will say, written before QEMU starts writing."""
+    return os.path.join(state_dir, f"{name}.saving")
+
+
+def write_manifest(state_dir: str, manifest: Manifest, in_progress: bool = False) -> str:
+    """Write a manifest atomically (temp file, fsync, rename, fsync the directory).
+
+    With in_progress, it goes to the .saving record instead, which a later run
+    uses to finish a save that QEMU completed but this run did not see through.
+    """
+    path = (saving_path if in_progress else manifest_path)(state_dir, manifest.name)
     handle, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{manifest.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -215,7 +224,7 @@ def verify_state_file(manifest: Manifest) -> None:
 
 def remove_saved(state_dir: str, name: str) -> None:
     """Remove a VM's state file and manifest (after a restore, or a rolled-back save)."""
-    for path in (state_path(state_dir, name), manifest_path(state_dir, name)):
+    for path in (state_path(state_dir, name), manifest_path(state_dir, name), saving_path(state_dir, name)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     fsync_dir(state_dir)

@@ -245,3 +245,37 @@ def test_save_that_times_out_resumes_the_vm(vm_dir):
     assert vms[0].runstate() == "running"
     assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
     _assert_survived(vms, before)
+
+
+def test_qmp_hangs_during_the_save_then_a_rerun_finishes(vm_dir):
+    """QEMU stops answering mid-save: the error says so; once it runs again, a re-run seals the save."""
+    vms = testbed.boot_vms(vm_dir, names=["hung"], ram="private")
+    vms[0].guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", "count=32"], timeout=120)
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    state_file = os.path.join(state_dir, "hung.state")
+    stopper = threading.Thread(target=_stop_when_created, args=(state_file, vms[0].pid))
+    stopper.start()
+    try:
+        with pytest.raises(CprError) as failure:
+            cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)
+    finally:
+        stopper.join()
+        os.kill(vms[0].pid, signal.SIGCONT)
+    assert "VM hung: QMP command query-migrate got no answer within 10 s" in str(failure.value)
+    assert "Could not be resumed" in str(failure.value)
+    assert os.path.exists(os.path.join(state_dir, "hung.saving"))
+
+    vms[0].wait_runstate("postmigrate", timeout=60)
+    rerun = cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)
+    assert rerun["changed"] and rerun["vms"][0]["quit"]
+    assert not os.path.exists(os.path.join(state_dir, "hung.saving"))
+    cpr.restore(state_dir=state_dir, timeout=60)
+    _assert_survived(vms, before)
+
+
+def _stop_when_created(path, pid):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    os.kill(pid, signal.SIGSTOP)
