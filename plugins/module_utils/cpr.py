@@ -275,15 +275,16 @@ async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout
         with contextlib.suppress(CprError):
             await wait_migration(session, timeout, "the cancelled save")
     state = await runstate(session)
-    if state == "postmigrate" and job.manifest is not None and job.manifest.runstate_before == "suspended":
-        # QEMU 10.0 aborts on cont from postmigrate when the guest was suspended
-        # ("invalid runstate transition"). The state file is complete, so the
-        # safe way back is the restore path: a new QEMU loads it.
+    if state == "postmigrate" and job.manifest is not None and job.manifest.runstate_before != "running":
+        # From postmigrate, QEMU 10.0 aborts on cont when the guest was suspended
+        # ("invalid runstate transition"), and a paused VM would have to run to
+        # get back to paused; neither can be migrated again. The state file is
+        # complete, so the exact way back is the restore path: a new QEMU loads it.
         await _quit(session, session.pid or job.facts.pid, timeout)
         await _restore_one(job.manifest, state_dir, timeout, keep_state=False, launch_mode="argv", unit="",
                            verify_checksum=False, running={})
         return
-    if state == "postmigrate" and job.facts.runstate != "paused":
+    if state == "postmigrate":
         await session.execute("cont")
         state = await runstate(session)
     if job.suspended_by_us and state == "running":
@@ -518,20 +519,36 @@ def _systemd_runs_host() -> bool:
 
 def launch(manifest: Manifest, state_dir: str, launch_mode: str, unit: str) -> Optional[subprocess.Popen]:
     """Start the new QEMU so it outlives this process; return the child when we hold it."""
-    log_path = os.path.join(state_dir, f"{manifest.name}.log")
     if launch_mode == "systemd":
         # The operator's unit adds -incoming defer itself (see the module documentation).
-        subprocess.run(["systemctl", "start", unit.format(name=manifest.name)], check=True, capture_output=True)
-        return None
+        command = ["systemctl", "start", unit.format(name=manifest.name)]
+    elif _systemd_runs_host():
+        command = ["systemd-run", f"--unit=hypervisor-cpr-{manifest.name}-{int(time.time())}", "--collect",
+                   f"--working-directory={manifest.cwd}", "--", *restore_argv(manifest)]
+    else:
+        return _spawn_detached(manifest, state_dir)
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise CprError(f"{command[0]} could not start the new QEMU: {detail.strip()}", manifest.name,
+                       hint="the state file and manifest are kept; fix the cause and run cpr_restore again") from None
+    return None
+
+
+def _spawn_detached(manifest: Manifest, state_dir: str) -> subprocess.Popen:
+    """QEMU in a session of its own, its output in <state_dir>/<name>.log."""
+    log_path = os.path.join(state_dir, f"{manifest.name}.log")
     argv = restore_argv(manifest)
-    if _systemd_runs_host():
-        subprocess.run(["systemd-run", f"--unit=hypervisor-cpr-{manifest.name}-{int(time.time())}", "--collect",
-                        f"--working-directory={manifest.cwd}", "--", *argv], check=True, capture_output=True)
-        return None
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
-        return subprocess.Popen(argv, cwd=manifest.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+    try:
+        with open(log_path, "ab") as log:
+            os.chmod(log_path, 0o600)
+            return subprocess.Popen(argv, cwd=manifest.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise CprError(f"the new QEMU cannot be started: {exc.strerror}: {exc.filename or argv[0]}", manifest.name,
+                       hint="the QEMU binary or working directory recorded in the manifest is gone; reinstall it, "
+                       "then run cpr_restore again (the state file and manifest are kept)") from None
 
 
 async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], state_dir: str,
@@ -546,9 +563,13 @@ async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], s
         try:
             async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=min(5.0, timeout)):
                 return
-        except CprError:
+        except CprError as exc:
             if time.monotonic() > deadline:
-                raise
+                raise NotAnsweringError(
+                    f"the new QEMU did not answer on {manifest.qmp_socket} within {timeout:g} s ({exc.message})",
+                    manifest.name, hint="it may be hung and is left as it is; a later cpr_restore continues with it "
+                    "once it answers, or starts another after you kill it; the state file and manifest are kept",
+                ) from None
         await asyncio.sleep(0.02)
 
 
@@ -664,6 +685,8 @@ def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = N
                                            verify_checksum, running))
     errors = [r for r in results if isinstance(r, BaseException)]
     done = [r.to_dict() for r in results if isinstance(r, RestoreResult)]
+    if len(errors) == 1 and not done:
+        raise errors[0]
     if errors:
         raise CprError("; ".join(str(e) for e in errors)
                        + (f". Restored: {', '.join(r['name'] for r in done)}" if done else ""),

@@ -528,6 +528,29 @@ def boot_vms(workdir: Path, count: int = 1, *, names: Sequence[str] | None = Non
     return vms
 
 
+def memory_snapshot(vms: Sequence[TestVM]) -> dict[str, tuple[str, int]]:
+    """Each guest's marker and counter, to compare after a save and restore."""
+    return {vm.name: (vm.marker(), vm.counter()) for vm in vms}
+
+
+def survival_problems(vms: Sequence[TestVM], snapshot: Mapping[str, tuple[str, int]]) -> list[str]:
+    """What is wrong with each guest compared with its snapshot; [] when all survived.
+
+    Finds each QEMU again by its QMP socket, since a restore starts a new one.
+    """
+    problems = []
+    for vm in vms:
+        if vm.refresh_pid() is None:
+            problems.append(f"{vm.name}: no QEMU serves {vm.qmp_socket}")
+            continue
+        marker, counter = snapshot[vm.name]
+        if vm.marker() != marker:
+            problems.append(f"{vm.name}: the marker in guest RAM changed")
+        if vm.counter() < counter:
+            problems.append(f"{vm.name}: the counter went back from {counter}")
+    return problems
+
+
 def kill_all(workdir: Path) -> list[int]:
     """Kill every QEMU whose argv mentions workdir; remove sockets and RAM files."""
     workdir = Path(workdir).resolve()

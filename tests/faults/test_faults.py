@@ -1,0 +1,450 @@
+"""Fault campaign: inject every fault we can here into real saves and restores.
+
+Each test records a row: what the operator saw, whether any VM or state file
+was lost, and whether running the same step again finished the job. A VM is
+lost when no QEMU serves it and no manifest with a valid state file can bring
+it back.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import testbed
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError, SelectionError
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
+    LOCK_NAME,
+    LockedError,
+    ManifestError,
+    StateDirError,
+    list_manifests,
+    verify_state_file,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+
+
+def lost(vms, state_dir):
+    """(VMs lost, state files lost): VMs neither running nor restorable, manifests whose state file is bad."""
+    restorable, bad_files = set(), 0
+    for manifest in list_manifests(state_dir) if os.path.isdir(state_dir) else []:
+        try:
+            verify_state_file(manifest)
+            restorable.add(manifest.name)
+        except CprError:
+            bad_files += 1
+    gone = [vm.name for vm in vms if vm.refresh_pid() is None and vm.name not in restorable]
+    return len(gone), bad_files
+
+
+def finished(vms, snapshot):
+    problems = testbed.survival_problems(vms, snapshot)
+    assert problems == []
+    return True
+
+
+def saved_files(state_dir):
+    return sorted(f for f in os.listdir(state_dir) if f.endswith((".json", ".state", ".saving")))
+
+
+def in_background(target, *args):
+    thread = threading.Thread(target=target, args=args)
+    thread.start()
+    return thread
+
+
+def wait_for_path(path, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def make_noise(vm, mib=64):
+    """Incompressible guest memory, so that copying it takes a while."""
+    vm.guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", f"count={mib}"], timeout=120)
+
+
+# --------------------------------------------------------------------------- 1. disk full
+
+
+def test_disk_full_while_saving(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["full"], ram="private")
+    make_noise(vms[0])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    os.makedirs(state_dir, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512M,mode=0700", "tmpfs", state_dir], check=True)
+    try:
+        def take_all_space():
+            # QEMU is held while the space goes, so the disk fills in the middle of its write.
+            wait_for_path(os.path.join(state_dir, "full.state"))
+            os.kill(vms[0].pid, signal.SIGSTOP)
+            try:
+                descriptor = os.open(os.path.join(state_dir, ".ballast"), os.O_CREAT | os.O_WRONLY, 0o600)
+                os.posix_fallocate(descriptor, 0, shutil.disk_usage(state_dir).free)
+                os.close(descriptor)
+            finally:
+                os.kill(vms[0].pid, signal.SIGCONT)
+
+        filler = in_background(take_all_space)
+        with pytest.raises(CprError, match="VM full: the save failed") as failure:
+            cpr.save(names=["full"], state_dir=state_dir, reboot="none", timeout=60)
+        filler.join()
+        assert "Resumed as they were: full" in str(failure.value)
+        assert vms[0].runstate() == "running"
+        assert saved_files(state_dir) == []
+        vms_lost, files_lost = lost(vms, state_dir)
+
+        os.unlink(os.path.join(state_dir, ".ballast"))
+        cpr.save(names=["full"], state_dir=state_dir, reboot="none", timeout=60)
+        cpr.restore(state_dir=state_dir, timeout=60)
+        rerun = finished(vms, snapshot)
+    finally:
+        subprocess.run(["umount", "-l", state_dir], check=True)
+    campaign("disk full", "while QEMU writes guest RAM", "save failed with QEMU's reason; VM resumed, partial file removed",
+             vms_lost, files_lost, rerun)
+
+
+# --------------------------------------------------------------------------- 2, 3. the guest agent and the guest
+
+
+def test_guest_agent_hangs_before_suspend(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["agenthang", "bystander"])
+    snapshot = testbed.memory_snapshot(vms)
+    # A paused bystander: saved, then brought back paused when the other VM fails.
+    vms[1].qmp("stop")
+    state_dir = os.path.join(vm_dir, "state")
+    # Freeze the agent for 20 s from inside the guest; it thaws by itself.
+    vms[0].guest_exec(["sh", "-c", "(sleep 2; killall -STOP qemu-ga; sleep 20; killall -CONT qemu-ga) "
+                       ">/dev/null 2>&1 &"])
+    time.sleep(3)
+    with pytest.raises(CprError) as failure:
+        cpr.save(names=["agenthang", "bystander"], state_dir=state_dir, reboot="none", suspend="all", timeout=5)
+    message = str(failure.value)
+    assert "VM agenthang:" in message and "did not answer" in message
+    vms[1].refresh_pid()
+    assert [vm.runstate() for vm in vms] == ["running", "paused"]
+    assert saved_files(state_dir) == []
+    vms_lost, files_lost = lost(vms, state_dir)
+
+    wait_until(lambda: vms[0].agent("guest-ping") == {}, 60)
+    cpr.save(names=["agenthang", "bystander"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    vms[1].refresh_pid()
+    vms[1].qmp("cont")
+    campaign("guest agent hangs", "before guest-suspend-ram", "save refused naming the VM; every VM of the call resumed",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+def wait_until(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:  # pylint: disable=broad-exception-caught
+            pass  # the agent may drop the connection while it recovers
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.5)
+
+
+def _replace_pm_suspend(vm, script):
+    vm.guest_exec(["sh", "-c", f"printf '#!/bin/sh\\n{script}\\n' > /usr/sbin/pm-suspend && chmod +x /usr/sbin/pm-suspend"])
+
+
+def _restart_agent(vm, config):
+    """Restart the guest agent with this /etc/qemu/qemu-ga.conf (the guest's init restarts it)."""
+    vm.guest_exec(["sh", "-c", f"mkdir -p /etc/qemu && printf '{config}' > /etc/qemu/qemu-ga.conf && "
+                   "(sleep 1; killall qemu-ga) >/dev/null 2>&1 &"])
+    time.sleep(2)
+    wait_until(lambda: vm.agent("guest-ping") == {}, 60)
+
+
+def test_guest_refuses_to_suspend(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["refuser"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    # The guest's policy forbids suspending: its agent refuses the command.
+    _restart_agent(vms[0], "[general]\\nblacklist=guest-suspend-ram\\n")
+    with pytest.raises(CprError, match="VM refuser: the guest refused to suspend: .*disabled") as failure:
+        cpr.save(names=["refuser"], state_dir=state_dir, reboot="none", suspend="all", timeout=20)
+    assert vms[0].runstate() == "running"
+    vms_lost, files_lost = lost(vms, state_dir)
+
+    _restart_agent(vms[0], "")
+    cpr.save(names=["refuser"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("guest refuses to suspend", "guest-suspend-ram", "refused naming the VM, in the agent's words; VM running",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+def test_guest_never_reaches_suspended(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["insomniac"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    # The kernel's PM test mode goes through the suspend for 5 s without ever entering S3.
+    vms[0].guest_exec(["sh", "-c", "echo devices > /sys/power/pm_test"])
+    with pytest.raises(CprError, match="VM insomniac: the guest did not reach the suspended runstate within 3 s"):
+        cpr.save(names=["insomniac"], state_dir=state_dir, reboot="none", suspend="all", timeout=3)
+    assert vms[0].runstate() == "running"
+    vms_lost, files_lost = lost(vms, state_dir)
+
+    wait_until(lambda: vms[0].guest_exec(["sh", "-c", "echo none > /sys/power/pm_test"]) == "", 60)
+    cpr.save(names=["insomniac"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("guest never suspends", "after guest-suspend-ram", "timeout naming the VM; guest left running",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+# --------------------------------------------------------------------------- 4. QMP stops answering
+
+
+def test_qmp_stops_answering_during_save(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["hung"], ram="private")
+    make_noise(vms[0], 32)
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+
+    def stop_when_writing():
+        wait_for_path(os.path.join(state_dir, "hung.state"))
+        os.kill(vms[0].pid, signal.SIGSTOP)
+
+    stopper = in_background(stop_when_writing)
+    try:
+        with pytest.raises(CprError) as failure:
+            cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)
+    finally:
+        stopper.join()
+        os.kill(vms[0].pid, signal.SIGCONT)
+    assert "VM hung: QMP command query-migrate got no answer within 10 s" in str(failure.value)
+    assert "Could not be resumed" in str(failure.value)
+    vms_lost, files_lost = lost(vms, state_dir)
+
+    vms[0].wait_runstate("postmigrate", timeout=60)
+    assert cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)["vms"][0]["quit"]
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("QMP stops answering (SIGSTOP)", "during save", "timeout naming the VM; .saving record kept",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+def _new_qemu_pid(vm, old_pid, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = testbed.find_qemu_pid(vm.qmp_socket)
+        if pid and pid != old_pid:
+            return pid
+        time.sleep(0.001)
+    raise AssertionError("no new QEMU appeared")
+
+
+def test_qmp_stops_answering_during_restore(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["rhung"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    old_pid = vms[0].pid
+    cpr.save(names=["rhung"], state_dir=state_dir, reboot="none", timeout=60)
+    stopped = []
+
+    def stop_new_qemu():
+        pid = _new_qemu_pid(vms[0], old_pid)
+        wait_for_path(str(vms[0].qmp_socket))
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    stopper = in_background(stop_new_qemu)
+    try:
+        with pytest.raises(CprError, match="VM rhung:"):
+            cpr.restore(state_dir=state_dir, timeout=15)
+    finally:
+        stopper.join()
+        os.kill(stopped[0], signal.SIGCONT)
+    assert saved_files(state_dir) == ["rhung.json", "rhung.state"]
+    vms_lost, files_lost = lost(vms, state_dir)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("QMP stops answering (SIGSTOP)", "during restore", "error naming the VM; state file and manifest kept",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+# --------------------------------------------------------------------------- 5. QEMU killed
+
+
+def test_qemu_killed_during_restore(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["rkill"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    old_pid = vms[0].pid
+    cpr.save(names=["rkill"], state_dir=state_dir, reboot="none", timeout=60)
+    killer = in_background(lambda: os.kill(_new_qemu_pid(vms[0], old_pid), signal.SIGKILL))
+    with pytest.raises(CprError, match="VM rkill:"):
+        cpr.restore(state_dir=state_dir, timeout=15)
+    killer.join()
+    assert saved_files(state_dir) == ["rkill.json", "rkill.state"]
+    vms_lost, files_lost = lost(vms, state_dir)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("QEMU killed (SIGKILL)", "during restore", "error naming the VM; state file and manifest kept",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+def test_qemu_killed_during_save_loses_only_that_vm(vm_dir, campaign):
+    """Killing QEMU kills its VM, whoever does it: the others of the call are resumed."""
+    vms = testbed.boot_vms(vm_dir, names=["victim", "survivor"], ram="private")
+    make_noise(vms[0], 32)
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+
+    def kill_when_writing():
+        wait_for_path(os.path.join(state_dir, "victim.state"))
+        os.kill(vms[0].pid, signal.SIGKILL)
+
+    killer = in_background(kill_when_writing)
+    with pytest.raises(CprError, match="VM victim:") as failure:
+        cpr.save(names=["victim", "survivor"], state_dir=state_dir, reboot="none", timeout=60)
+    killer.join()
+    assert "Resumed as they were: survivor" in str(failure.value)
+    assert vms[1].runstate() == "running"
+    vms_lost, files_lost = lost(vms, state_dir)
+    assert vms_lost == 1
+    assert testbed.survival_problems(vms[1:], snapshot) == []
+    campaign("QEMU killed (SIGKILL)", "during save", "that VM dies with its QEMU (no tool can undo); the others resumed",
+             vms_lost, files_lost, False)
+
+
+# --------------------------------------------------------------------------- 7. state files
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted", "missing", "manifest mismatch"])
+def test_damaged_state_file_is_refused_and_kept(vm_dir, campaign, damage):
+    vms = testbed.boot_vms(vm_dir, names=["damaged"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    cpr.save(names=["damaged"], state_dir=state_dir, reboot="none", timeout=60)
+    state_file, manifest_file = os.path.join(state_dir, "damaged.state"), os.path.join(state_dir, "damaged.json")
+    shutil.copy(state_file, os.path.join(vm_dir, "good.state"))
+    shutil.copy(manifest_file, os.path.join(vm_dir, "good.json"))
+    if damage == "truncated":
+        os.truncate(state_file, 4096)
+    elif damage == "corrupted":
+        with open(state_file, "r+b") as handle:
+            handle.seek(2000)
+            byte = handle.read(1)
+            handle.seek(2000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    elif damage == "missing":
+        os.unlink(state_file)
+    else:
+        with open(manifest_file, encoding="utf-8") as handle:
+            data = json.load(handle)
+        data["state_bytes"] += 1
+        with open(manifest_file, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+    with pytest.raises(ManifestError) as failure:
+        cpr.restore(state_dir=state_dir, timeout=30)
+    assert os.path.exists(manifest_file)
+    assert not vms[0].alive()
+
+    shutil.copy(os.path.join(vm_dir, "good.state"), state_file)
+    shutil.copy(os.path.join(vm_dir, "good.json"), manifest_file)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    assert str(failure.value).startswith("VM damaged: state file")
+    # The damage is the injected fault; the tool refused to load it and lost nothing: both files were kept.
+    campaign(f"state file {damage}", "between save and restore", "refused before loading; state file and manifest kept",
+             0, 0, finished(vms, snapshot))
+
+
+# --------------------------------------------------------------------------- 8. the new QEMU cannot start
+
+
+def test_new_qemu_fails_to_start(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["nostart"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    cpr.save(names=["nostart"], state_dir=state_dir, reboot="none", timeout=60)
+    manifest_file = os.path.join(state_dir, "nostart.json")
+    with open(manifest_file, encoding="utf-8") as handle:
+        good = json.load(handle)
+    broken = dict(good, argv=good["argv"] + ["-device", "no-such-device"])
+    with open(manifest_file, "w", encoding="utf-8") as handle:
+        json.dump(broken, handle)
+    with pytest.raises(CprError, match="VM nostart: the new QEMU exited with status 1: .*no-such-device"):
+        cpr.restore(state_dir=state_dir, timeout=30)
+    assert saved_files(state_dir) == ["nostart.json", "nostart.state"]
+    vms_lost, files_lost = lost(vms, state_dir)
+
+    changed_binary = dict(good, argv=["/usr/bin/qemu-system-gone"] + good["argv"][1:])
+    with open(manifest_file, "w", encoding="utf-8") as handle:
+        json.dump(changed_binary, handle)
+    with pytest.raises(CprError, match="VM nostart: the new QEMU cannot be started: No such file or directory"):
+        cpr.restore(state_dir=state_dir, timeout=30)
+
+    with open(manifest_file, "w", encoding="utf-8") as handle:
+        json.dump(good, handle)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("new QEMU fails to start", "restore (missing device, binary gone)", "QEMU's own words; files kept",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+# --------------------------------------------------------------------------- 11. two runs at once
+
+
+def test_two_runs_at_once(vm_dir, campaign):
+    vms = testbed.boot_vms(vm_dir, names=["contended"])
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    os.makedirs(state_dir, mode=0o700)
+    descriptor = os.open(os.path.join(state_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    os.pwrite(descriptor, b"4242", 0)
+    try:
+        with pytest.raises(LockedError, match=r"another hypervisor.cpr run \(pid 4242\) holds the lock"):
+            cpr.save(names=["contended"], state_dir=state_dir, reboot="none", timeout=60)
+    finally:
+        os.close(descriptor)
+    assert vms[0].runstate() == "running"
+    vms_lost, files_lost = lost(vms, state_dir)
+    cpr.save(names=["contended"], state_dir=state_dir, reboot="none", timeout=60)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("two runs at once", "save while another run holds the host", "refused, naming the holder",
+             vms_lost, files_lost, finished(vms, snapshot))
+
+
+# --------------------------------------------------------------------------- 12. bad input
+
+
+def test_bad_input_is_refused_before_touching(vm_dir, campaign, tmp_path):
+    vms = testbed.boot_vms(vm_dir, names=["input"], ram="shm")
+    cases = []
+
+    def refused(case, error, call):
+        with pytest.raises(error) as failure:
+            call()
+        cases.append(case)
+        return str(failure.value)
+
+    state_dir = os.path.join(vm_dir, "state")
+    assert "no running VM is named nope" in refused(
+        "unknown name", SelectionError, lambda: cpr.save(names=["nope"], state_dir=state_dir))
+    assert "not a valid JMESPath expression" in refused(
+        "bad JMESPath", SelectionError, lambda: cpr.save(query="[?cpr.ready", state_dir=state_dir))
+    os.symlink(tmp_path, os.path.join(vm_dir, "link"))
+    assert "is a symlink" in refused(
+        "state dir is a symlink", StateDirError, lambda: cpr.save(names=["input"], state_dir=os.path.join(vm_dir, "link")))
+    open_dir = os.path.join(vm_dir, "open")
+    os.makedirs(open_dir)
+    os.chmod(open_dir, 0o777)
+    assert "writable by others" in refused(
+        "state dir writable by others", StateDirError, lambda: cpr.save(names=["input"], state_dir=open_dir))
+    assert "would not survive the kexec" in refused(
+        "tmpfs RAM kept in place across a kexec", NotReadyError,
+        lambda: cpr.save(names=["input"], state_dir=state_dir, reboot="kexec", ignore_shared=True))
+    assert vms[0].runstate() == "running"
+    assert not os.path.exists(state_dir) or saved_files(state_dir) == []
+    campaign("bad input", "before anything", f"refused: {', '.join(cases)}", *lost(vms, state_dir), True)
