@@ -175,7 +175,7 @@ def test_guest_refuses_to_suspend(vm_dir, campaign):
     state_dir = os.path.join(vm_dir, "state")
     # The guest's policy forbids suspending: its agent refuses the command.
     _restart_agent(vms[0], "[general]\\nblacklist=guest-suspend-ram\\n")
-    with pytest.raises(CprError, match="VM refuser: the guest refused to suspend: .*disabled") as failure:
+    with pytest.raises(CprError, match="VM refuser: the guest refused to suspend: .*disabled"):
         cpr.save(names=["refuser"], state_dir=state_dir, reboot="none", suspend="all", timeout=20)
     assert vms[0].runstate() == "running"
     vms_lost, files_lost = lost(vms, state_dir)
