@@ -192,12 +192,10 @@ def list_manifests(state_dir: str) -> List[Manifest]:
 
 def sync_and_digest(path: str) -> Dict[str, Any]:
     """fsync a finished state file; return its size and SHA-256."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        size = handle.tell()
+        digest = hashlib.file_digest(handle, "sha256")
+        size = os.fstat(handle.fileno()).st_size
     os.chmod(path, 0o600)
     return {"state_bytes": size, "state_sha256": digest.hexdigest()}
 
@@ -213,10 +211,8 @@ def verify_state_file(manifest: Manifest) -> None:
     if size != manifest.state_bytes:
         raise ManifestError(f"state file {path} has {size} bytes, its manifest says {manifest.state_bytes}",
                             manifest.name, hint="the file was truncated or replaced; both files are kept")
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     if digest.hexdigest() != manifest.state_sha256:
         raise ManifestError(f"state file {path} does not match the SHA-256 in its manifest", manifest.name,
                             hint="the file is corrupted; both files are kept")

@@ -13,6 +13,7 @@ and anonymous memory do not.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -78,8 +79,8 @@ def read_mountinfo(pid: Optional[int]) -> List[_Mount]:
 
 
 def _unescape(path: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return path.encode().decode("unicode_escape") if "\\" in path else path
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040); nothing else."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), path)
 
 
 def mount_of(path: str, st_dev: int, mounts: List[_Mount]) -> Optional[_Mount]:
