@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up this machine and runs the main job against real local test VMs:
 # installs QEMU 10 and the Python environment, builds the test guest, boots
-# test VMs under TCG, and runs the rolling kernel update over them as three
+# three test VMs under TCG, and runs the rolling kernel update over them as two
 # local "hypervisors" (reboot method none: QEMU restarts, the kernel stays).
 # Run as root on Debian 12 or 13. The VMs are stopped again at the end.
 set -euo pipefail
@@ -23,8 +23,11 @@ testbed down --workdir "$WORKDIR" >/dev/null 2>&1 || true
 trap 'testbed down --workdir "$WORKDIR" >/dev/null' EXIT
 mkdir -p "$WORKDIR"
 chmod 0700 "$WORKDIR"
-echo "Booting two test VMs in $WORKDIR ..."
-testbed up --workdir "$WORKDIR" --count 2 --prefix demo >/dev/null
+echo "Booting three test VMs in $WORKDIR ..."
+testbed up --workdir "$WORKDIR" --count 3 --prefix demo >/dev/null
 
-ansible localhost -e "ansible_python_interpreter=$VENV/bin/python" -m hypervisor.cpr.vm_status \
-    -a '{"names": ["demo0", "demo1"], "reboot": "none"}'
+# Two local "hypervisors", one at a time: preflight, save, restart, restore, report.
+ansible-playbook -i examples/local/inventory.yml playbooks/rolling_kernel_update.yml \
+    -e "rolling_report_dir=$WORKDIR/reports"
+echo
+cat "$WORKDIR"/reports/*.md

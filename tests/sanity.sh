@@ -7,9 +7,7 @@
 #   tests/sanity.sh --list-tests         which tests exist
 #
 # ansible-test must run from a directory shaped .../ansible_collections/NS/NAME;
-# this checkout is not. So the files that would be committed (tracked plus
-# untracked-but-not-ignored, i.e. `git ls-files --cached --others
-# --exclude-standard`) are copied into
+# this checkout is not. So tests/collection-tree.sh copies the files that would be committed into
 #   tests/output/sanity/ansible_collections/hypervisor/cpr
 # and ansible-test runs there, each test in its own virtual environment
 # (--venv, cached in ~/.ansible/test/venv) with its requirements from the
@@ -39,53 +37,13 @@ if [ ! -x "$VENV/bin/ansible-test" ]; then
     exit 1
 fi
 
-read -r namespace name < <("$VENV/bin/python" - "$REPO_ROOT/galaxy.yml" <<'PY'
-import sys
-import yaml
-with open(sys.argv[1]) as f:
-    galaxy = yaml.safe_load(f)
-print(galaxy['namespace'], galaxy['name'])
-PY
-)
-if [ -z "${namespace:-}" ] || [ -z "${name:-}" ]; then
-    echo "sanity.sh: no namespace or name in $REPO_ROOT/galaxy.yml" >&2
-    exit 1
-fi
 python_version=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
 
 "$REPO_ROOT/tests/bootstrap-ansible-test.sh"
 
-# A fresh copy of the collection each time. Only ansible-test's delegation
-# virtual environment (tests/output/.tmp/delegation) is kept between runs.
-tree=$WORK_DIR/ansible_collections/$namespace/$name
-kept=$WORK_DIR/.delegation.kept
-rm -rf "$kept"
-if [ -d "$tree/tests/output/.tmp/delegation" ]; then
-    mv "$tree/tests/output/.tmp/delegation" "$kept"
-fi
-rm -rf "$tree"
-mkdir -p "$tree"
-(
-    cd "$REPO_ROOT"
-    git ls-files -z --cached --others --exclude-standard |
-        while IFS= read -r -d '' path; do
-            # tracked files deleted from the working tree are not copied
-            if [ -e "$path" ] || [ -L "$path" ]; then
-                printf '%s\0' "$path"
-            fi
-        done |
-        xargs -0 --no-run-if-empty cp --parents --no-dereference --preserve=mode,timestamps,links -t "$tree"
-)
-if [ -d "$kept" ]; then
-    mkdir -p "$tree/tests/output/.tmp"
-    mv "$kept" "$tree/tests/output/.tmp/delegation"
-fi
-
-# Without a repository of its own, ansible-test would walk up to this checkout's
-# .git, where the copy is ignored (tests/output/), and find no files at all.
-# An empty repository makes it list the copy with `git ls-files --others
-# --exclude-standard`, honouring the copied .gitignore.
-git -C "$tree" init --quiet
+# A fresh copy of the collection each time (ansible-test's delegation virtual
+# environment is kept), with an empty git repository of its own.
+tree=$("$REPO_ROOT/tests/collection-tree.sh" "$WORK_DIR")
 
 # ansible-test prefers en_US.UTF-8 and warns about C.UTF-8; either works.
 if locale -a 2>/dev/null | grep -qix 'en_US.utf-\?8'; then

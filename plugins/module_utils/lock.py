@@ -26,6 +26,14 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import Loc
 RUN_LOCK_NAME = ".hypervisor-cpr.run"
 
 
+class RunLockedError(LockedError):
+    """Another run holds the host's run lock; ``holder`` is what its lock records."""
+
+    def __init__(self, message: str, holder: Dict[str, Any], hint: Optional[str] = None) -> None:
+        self.holder = holder
+        super().__init__(message, hint=hint)
+
+
 def lock_path(state_dir: str) -> str:
     return os.path.join(state_dir, RUN_LOCK_NAME)
 
@@ -118,8 +126,8 @@ def acquire(state_dir: str, run_id: str, owner: Optional[str] = None, force: boo
     if holder.get("run_id") == run_id:
         return {"changed": False, "lock_file": path, "lock": holder, "previous": None}
     if not force:
-        raise LockedError(
-            f"the host is locked by {_describe(holder)} ({path})",
+        raise RunLockedError(
+            f"the host is locked by {_describe(holder)} ({path})", holder,
             hint="wait for that run to end; if it was interrupted, run again with the same run id "
             f"({holder.get('run_id')!r}) or with force to take the lock over",
         )
@@ -135,8 +143,8 @@ def release(state_dir: str, run_id: str, force: bool = False, check_mode: bool =
     if holder is None:
         return {"changed": False, "lock_file": path, "lock": None, "previous": None}
     if holder.get("run_id") != run_id and not force:
-        raise LockedError(
-            f"the host's run lock is held by {_describe(holder)}, not by run {run_id!r} ({path})",
+        raise RunLockedError(
+            f"the host's run lock is held by {_describe(holder)}, not by run {run_id!r} ({path})", holder,
             hint="it is not released; use force to remove it anyway",
         )
     if not check_mode:

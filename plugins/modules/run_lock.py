@@ -111,11 +111,15 @@ previous:
   description: The holder the lock was taken over from, or released from; V(null) otherwise.
   returned: always
   type: dict
+holder:
+  description: What the lock of the run that holds the host records (as RV(lock)), when the module fails for it.
+  returned: failure
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.lock import acquire, release
+from ansible_collections.hypervisor.cpr.plugins.module_utils.lock import RunLockedError, acquire, release
 from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import run
 
 
@@ -132,12 +136,18 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    if params["state"] == "present":
-        run(module, lambda: acquire(params["state_dir"], params["run_id"], owner=params["owner"], force=params["force"],
-                                    details=params["details"], check_mode=module.check_mode))
-    else:
-        run(module, lambda: release(params["state_dir"], params["run_id"], force=params["force"],
-                                    check_mode=module.check_mode))
+
+    def change() -> dict:
+        try:
+            if params["state"] == "present":
+                return acquire(params["state_dir"], params["run_id"], owner=params["owner"], force=params["force"],
+                               details=params["details"], check_mode=module.check_mode)
+            return release(params["state_dir"], params["run_id"], force=params["force"], check_mode=module.check_mode)
+        except RunLockedError as exc:
+            module.fail_json(msg=str(exc), holder=exc.holder)
+            raise  # not reached: fail_json exits
+
+    run(module, change)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,418 @@
+"""The rolling playbook and the kernel_update role on real test-bed VMs.
+
+Three inventory "hypervisors" (hv1, hv2, hv3) are this machine, reached with
+the local connection; each has two test-bed VMs of its own, named in
+kernel_update_vms (they share one /proc, so a host must never pick VMs by
+discovery), and a state directory of its own. The reboot method is ``none``:
+only QEMU is restarted, as after a QEMU upgrade. So that there is something to
+do, the VMs run a copy of the QEMU binary that the tests "upgrade" by
+replacing it on disk, which makes every QEMU run deleted code: exactly what
+the role looks for with reboot method none.
+
+Every restart is checked the hard way: the random marker in guest RAM is
+identical and the guest's counter went on.
+
+The tests share one fleet and run in file order; each leaves every VM
+running and no state behind.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+import testbed
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAYBOOK = os.path.join(REPO_ROOT, "playbooks", "rolling_kernel_update.yml")
+HOOKS = os.path.join(REPO_ROOT, "tests", "integration", "rolling")
+ANSIBLE_PLAYBOOK = os.path.join(REPO_ROOT, ".venv", "bin", "ansible-playbook")
+# Two VMs on hv1 (saved and restored together), one on each of the others: each
+# TCG guest takes a tenth of a core, and the machine has two.
+HOSTS = {"hv1": ["r1a", "r1b"], "hv2": ["r2a"], "hv3": ["r3a"]}
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed"),
+    pytest.mark.skipif(not os.path.exists(ANSIBLE_PLAYBOOK), reason="no ansible-playbook in .venv"),
+]
+
+
+class Fleet:
+    """The three hosts, their VMs, and ansible-playbook runs against them."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.qemu = os.path.join(workdir, "bin", "qemu-system-x86_64")
+        self.reports = os.path.join(workdir, "reports")
+        self.inventory = os.path.join(workdir, "inventory.yml")
+        self.vms = {}
+        self.runs = 0
+        self.run_id = None
+
+    def state_dir(self, host):
+        return os.path.join(self.workdir, f"state-{host}")
+
+    def host_vms(self, host):
+        return [self.vms[name] for name in HOSTS[host]]
+
+    def write_inventory(self):
+        hosts = {
+            host: {"kernel_update_vms": names, "kernel_update_state_dir": self.state_dir(host)}
+            for host, names in HOSTS.items()
+        }
+        inventory = {"all": {"children": {"hypervisors": {
+            "hosts": hosts,
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "kernel_update_reboot_method": "none",
+                "kernel_update_timeout": 60,
+            },
+        }}}}
+        with open(self.inventory, "w", encoding="utf-8") as handle:
+            json.dump(inventory, handle, indent=2)
+
+    def upgrade_qemu(self):
+        """Replace the QEMU binary on disk, as a package upgrade does: every running QEMU now runs deleted code."""
+        fresh = self.qemu + ".new"
+        shutil.copy2(self.qemu, fresh)
+        os.replace(fresh, self.qemu)
+
+    def command(self, *extra):
+        # A run id of our own per run, to find its report; a new one each time, as a new run gets.
+        self.run_id = f"test{self.runs}"
+        return [ANSIBLE_PLAYBOOK, "-i", self.inventory, PLAYBOOK, "-e", f"kernel_update_run_id={self.run_id}",
+                "-e", f"rolling_report_dir={self.reports}", *extra]
+
+    def env(self):
+        env = dict(os.environ)
+        env.update({
+            "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, ".cache", "collections"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            "ANSIBLE_LOCAL_TEMP": os.path.join(self.workdir, "ansible-local"),
+            "ANSIBLE_REMOTE_TEMP": os.path.join(self.workdir, "ansible-remote"),
+            "USER": "pytest",
+        })
+        return env
+
+    def log_path(self):
+        self.runs += 1
+        return os.path.join(self.workdir, f"run-{self.runs}.log")
+
+    def play(self, *extra, timeout=300):
+        """Run the rolling playbook; return (exit code, output, recap by host)."""
+        path = self.log_path()
+        with open(path, "w", encoding="utf-8") as log:
+            done = subprocess.run(self.command(*extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                  cwd=self.workdir, timeout=timeout, check=False)
+        with open(path, encoding="utf-8") as log:
+            output = log.read()
+        recap = {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+                 for m in RECAP.findall(output)}
+        return done.returncode, output, recap
+
+    def start(self, *extra):
+        """Start the rolling playbook in the background, in a process group of its own."""
+        log = open(self.log_path(), "w", encoding="utf-8")  # pylint: disable=consider-using-with
+        return subprocess.Popen(self.command(*extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                cwd=self.workdir, start_new_session=True)
+
+    def report(self, run_id=None):
+        run_id = run_id or self.run_id
+        with open(os.path.join(self.reports, f"rolling-kernel-update-{run_id}.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def memory(self, hosts=None):
+        return {vm.name: (vm.marker(), vm.counter()) for host in hosts or HOSTS for vm in self.host_vms(host)}
+
+    def pids(self, hosts=None):
+        return {vm.name: vm.refresh_pid() for host in hosts or HOSTS for vm in self.host_vms(host)}
+
+    def manifests(self, host):
+        directory = self.state_dir(host)
+        return sorted(f for f in os.listdir(directory) if f.endswith(".json")) if os.path.isdir(directory) else []
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """Six test-bed VMs on a copy of the QEMU binary, two per inventory host."""
+    # Short: unix socket paths are limited to 108 bytes.
+    workdir = tempfile.mkdtemp(prefix="hcpr-roll-", dir="/tmp")
+    os.chmod(workdir, 0o700)
+    result = Fleet(workdir)
+    os.makedirs(os.path.dirname(result.qemu))
+    shutil.copy2(shutil.which("qemu-system-x86_64"), result.qemu)
+    result.write_inventory()
+    saved_qemu = testbed.QEMU
+    testbed.QEMU = result.qemu
+    try:
+        vms = testbed.boot_vms(workdir, names=[n for names in HOSTS.values() for n in names], timeout=240)
+        result.vms = {vm.name: vm for vm in vms}
+        yield result
+    finally:
+        testbed.QEMU = saved_qemu
+        testbed.kill_all(workdir)
+        for host in HOSTS:
+            subprocess.run(["umount", "-l", result.state_dir(host)], capture_output=True, check=False)
+        # HYPERVISOR_CPR_KEEP_WORKDIR=1 keeps the logs, reports and state directories to look at.
+        if not os.environ.get("HYPERVISOR_CPR_KEEP_WORKDIR"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _kill_tree(process):
+    """SIGKILL a process and everything under it, as a crash of the controller would.
+
+    ansible-playbook (ansible-core 2.19) runs the playbook in a child that calls
+    setsid, so killing the process group of the process we started is not enough.
+    """
+    groups = {os.getpgid(process.pid)}
+    parents = {process.pid}
+    while True:
+        children = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) in parents and int(entry) not in parents:
+                children.add(int(entry))
+                groups.add(int(fields[2]))
+        if not children:
+            break
+        parents |= children
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in parents) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid):
+    """Whether a process exists and is not a zombie (PID 1 here may never reap orphans)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _running_with(argument):
+    """Live processes whose command line contains this argument."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if entry.isdigit() and any(argument in arg for arg in argv) and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _assert_survived(fleet_, before, hosts=None):
+    for host in hosts or HOSTS:
+        for vm in fleet_.host_vms(host):
+            marker, counter = before[vm.name]
+            assert vm.refresh_pid(), f"{vm.name} does not run"
+            assert vm.runstate() == "running", vm.name
+            assert vm.marker() == marker, f"{vm.name}: guest RAM changed"
+            assert vm.counter() >= counter, f"{vm.name}: the counter went back"
+            assert vm.agent("guest-ping") == {}
+
+
+def _hosts(report):
+    return {entry["host"]: entry for entry in report["hosts"]}
+
+
+def _explain(output):
+    return output[-6000:]
+
+
+def test_rolling_update_restarts_every_vm_and_a_second_run_changes_nothing(fleet):
+    before = fleet.memory()
+    old_pids = fleet.pids()
+    fleet.upgrade_qemu()
+
+    started = time.monotonic()
+    code, output, recap = fleet.play("-e", "rolling_serial=1")
+    first_seconds = time.monotonic() - started
+    assert code == 0, _explain(output)
+    for host in HOSTS:
+        assert recap[host]["changed"] > 0 and recap[host]["failed"] == 0, recap
+    new_pids = fleet.pids()
+    assert all(new_pids[name] != old_pids[name] for name in old_pids), "every QEMU was restarted"
+    for name, pid in new_pids.items():
+        assert not os.readlink(f"/proc/{pid}/exe").endswith("(deleted)"), f"{name} runs the new QEMU binary"
+    _assert_survived(fleet, before)
+    for host in HOSTS:
+        assert fleet.manifests(host) == []
+        assert not os.path.exists(os.path.join(fleet.state_dir(host), ".hypervisor-cpr.run")), "lock released"
+
+    report = fleet.report()
+    assert report["complete"] and report["stopped"] is None
+    assert report["counts"] == {"updated": 3} and report["vms"] == 4
+    hosts = _hosts(report)
+    for host, names in HOSTS.items():
+        entry = hosts[host]
+        assert entry["status"] == "updated" and entry["reboot_method"] == "none" and not entry["rebooted"]
+        assert entry["kernel_before"] == entry["kernel_after"] == os.uname().release
+        assert sorted(vm["name"] for vm in entry["vms"]) == names
+        for vm in entry["vms"]:
+            assert vm["runstate_before"] == vm["runstate"] == "running"
+            assert 0 < vm["downtime_seconds"] < first_seconds
+            assert vm["save_seconds"] >= 0 and vm["restore_seconds"] > 0
+            assert vm["state_bytes"] > 0 and vm["ram_in_place"] is True
+            assert not vm["saved_by_earlier_run"]
+        # The blackout runs from the first VM stopped to the last one back.
+        assert max(vm["downtime_seconds"] for vm in entry["vms"]) <= entry["blackout_seconds"] + 0.01
+    assert report["max_downtime_seconds"] == max(vm["downtime_seconds"] for e in hosts.values() for vm in e["vms"])
+    with open(os.path.join(fleet.reports, f"rolling-kernel-update-{report['run_id']}.md"), encoding="utf-8") as handle:
+        markdown = handle.read()
+    assert all(f"| {host} | updated | none |" in markdown for host in HOSTS)
+    assert all(f"| {name} | running | running |" in markdown for names in HOSTS.values() for name in names)
+
+    # Nothing runs replaced code any more: nothing to do, nothing changed.
+    code, output, recap = fleet.play()
+    assert code == 0, _explain(output)
+    for host in HOSTS:
+        assert recap[host]["changed"] == 0, (host, recap)
+    assert fleet.pids() == new_pids
+    assert _hosts(fleet.report())["hv2"]["status"] == "unchanged"
+    _assert_survived(fleet, before)
+
+
+def test_an_interrupted_run_is_finished_by_the_next(fleet):
+    before = fleet.memory()
+    old_pids = fleet.pids()
+    held = os.path.join(fleet.workdir, "held")
+    # Hold the run inside the blackout of the first host, then kill ansible-playbook there.
+    run = fleet.start("-e", "kernel_update_force=true",
+                      "-e", json.dumps({"kernel_update_pre_reboot_tasks": [os.path.join(HOOKS, "hold.yml")]}),
+                      "-e", f"rolling_test_held_file={held}",
+                      "-e", f"rolling_test_release_file={os.path.join(fleet.workdir, 'never')}")
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(held):
+            assert run.poll() is None, "the playbook ended before it was held"
+            assert time.monotonic() < deadline, "the playbook was never held"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(run)
+    assert not _running_with(f"rolling_test_held_file={held}"), "every process of the killed run is gone"
+    assert fleet.manifests("hv1") == ["r1a.json", "r1b.json"]
+    assert not any(vm.alive() for vm in fleet.host_vms("hv1")), "hv1's VMs were saved and their QEMUs quit"
+    assert fleet.pids(["hv2", "hv3"]) == {k: v for k, v in old_pids.items() if k in HOSTS["hv2"] + HOSTS["hv3"]}
+
+    # Another run finds hv1 locked: the preflight stops the rollout before anything is touched.
+    code, output, recap = fleet.play()
+    assert code != 0, _explain(output)
+    assert recap["hv1"]["failed"] == 1 and "locked by run" in output
+    assert fleet.manifests("hv1") == ["r1a.json", "r1b.json"]
+    report = fleet.report()
+    assert report["stopped"] and _hosts(report)["hv1"]["status"] == "preflight_failed"
+    assert {_hosts(report)[h]["status"] for h in ("hv2", "hv3")} == {"not_started"}
+
+    # Taking the lock over finishes the job from the manifests.
+    code, output, recap = fleet.play("-e", "kernel_update_lock_force=true")
+    assert code == 0, _explain(output)
+    assert recap["hv1"]["changed"] > 0 and recap["hv2"]["changed"] == 0 and recap["hv3"]["changed"] == 0
+    _assert_survived(fleet, before)
+    assert fleet.manifests("hv1") == []
+    entry = _hosts(fleet.report())["hv1"]
+    assert entry["status"] == "updated"
+    assert sorted(vm["name"] for vm in entry["vms"]) == ["r1a", "r1b"]
+    assert all(vm["saved_by_earlier_run"] for vm in entry["vms"])
+    # Their downtime includes the time the run was dead.
+    assert min(vm["downtime_seconds"] for vm in entry["vms"]) > 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(fleet):
+    before = fleet.memory()
+    old_pids = fleet.pids()
+    state_dir = fleet.state_dir("hv2")
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    # Room for the preflight (its VM needs 64 MiB of device-state margin), then filled by a pre_tasks hook.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96M,mode=0700", "tmpfs", state_dir], check=True)
+    try:
+        code, output, recap = fleet.play(
+            "-e", "kernel_update_force=true",
+            "-e", json.dumps({"kernel_update_pre_tasks": [os.path.join(HOOKS, "fill.yml")]}),
+            "-e", "rolling_test_fill_host=hv2", "-e", "rolling_test_fill_size=64M")
+    finally:
+        subprocess.run(["umount", "-l", state_dir], check=True)
+    assert code != 0, _explain(output)
+    assert recap["hv1"]["failed"] == 0 and recap["hv2"]["failed"] == 1, recap
+    # hv2's only change is the test's own ballast.
+    assert recap["hv2"]["changed"] == 1 and recap["hv3"]["changed"] == 0, recap
+    assert "the save needs about 64 MiB" in output
+    pids = fleet.pids()
+    assert all(pids[name] != old_pids[name] for name in HOSTS["hv1"]), "hv1 was updated"
+    assert all(pids[name] == old_pids[name] for name in HOSTS["hv2"] + HOSTS["hv3"]), "hv2 and hv3 were not touched"
+    _assert_survived(fleet, before)
+
+    report = fleet.report()
+    hosts = _hosts(report)
+    assert [hosts[h]["status"] for h in ("hv1", "hv2", "hv3")] == ["updated", "failed", "not_started"]
+    assert "the save needs about 64 MiB" in hosts["hv2"]["error"]
+    assert report["stopped"].startswith("1 of 1 hosts of a batch failed (hv2)")
+    assert not report["complete"]
+
+
+def test_a_failure_inside_the_blackout_restores_every_vm(fleet):
+    before = fleet.memory()
+    old_pids = fleet.pids()
+    code, output, recap = fleet.play(
+        "-e", "kernel_update_force=true", "-e", "rolling_serial=2",
+        "-e", json.dumps({"kernel_update_pre_reboot_tasks": [os.path.join(HOOKS, "fail.yml")]}),
+        "-e", "rolling_test_fail_host=hv1")
+    assert code != 0, _explain(output)
+    assert recap["hv1"]["failed"] == 1 and recap["hv2"]["failed"] == 0 and recap["hv3"]["changed"] == 0, recap
+    pids = fleet.pids()
+    # hv1's VMs were saved (their QEMUs quit) and restored by the rescue; hv2, in the same batch, was updated;
+    # 1 of 2 hosts failed, more than 0 %: hv3 is never started.
+    assert all(pids[name] != old_pids[name] for name in HOSTS["hv1"] + HOSTS["hv2"])
+    assert all(pids[name] == old_pids[name] for name in HOSTS["hv3"])
+    _assert_survived(fleet, before)
+    assert fleet.manifests("hv1") == []
+
+    hosts = _hosts(fleet.report())
+    assert [hosts[h]["status"] for h in ("hv1", "hv2", "hv3")] == ["failed", "updated", "not_started"]
+    assert hosts["hv1"]["phase"] == "pre_reboot" and hosts["hv1"]["still_saved"] == []
+    assert "the test fails the run here" in hosts["hv1"]["error"]
+
+
+def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothing(fleet):
+    """The kexec path up to the point of no return, on one host picked with --limit."""
+    kernel = os.path.join(fleet.workdir, "vmlinuz-9.9.9-test")
+    initrd = os.path.join(fleet.workdir, "initrd.img-9.9.9-test")
+    for path in (kernel, initrd):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("not a kernel\n")
+    old_pids = fleet.pids(["hv3"])
+    code, output, recap = fleet.play("--limit", "hv3", "-e", "kernel_update_reboot_method=kexec",
+                                     "-e", f"kernel_update_kernel={kernel}", "-e", f"kernel_update_initrd={initrd}")
+    assert code != 0, _explain(output)
+    assert list(recap) == ["hv3"] and recap["hv3"]["failed"] == 1, recap
+    # The preflight found the kernel, its initrd and kexec, and the VM ready for a kexec (its RAM is a file on disk).
+    assert f"kexec --load {kernel} failed" in output and "no VM was touched" in output
+    assert fleet.pids(["hv3"]) == old_pids
+    assert fleet.manifests("hv3") == []
+    entry = _hosts(fleet.report())["hv3"]
+    assert entry["status"] == "failed" and entry["phase"] == "prepare" and entry["vms"] == []
+    assert entry["kernel_target"] == "9.9.9-test" and entry["planned_vms"] == ["r3a"]
