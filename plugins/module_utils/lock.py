@@ -17,11 +17,15 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import time
 from typing import Any, Dict, Optional
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import LockedError, ensure_state_dir, fsync_dir
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
+    LockedError,
+    ensure_state_dir,
+    fsync_dir,
+    write_json_atomically,
+)
 
 RUN_LOCK_NAME = ".hypervisor-cpr.run"
 
@@ -87,25 +91,6 @@ def _write_new(path: str, record: Dict[str, Any]) -> bool:
     return True
 
 
-def _replace(path: str, record: Dict[str, Any]) -> None:
-    """Take over an existing lock atomically (temp file, rename)."""
-    directory = os.path.dirname(path)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".hypervisor-cpr.run.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(record, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-
-
 def acquire(state_dir: str, run_id: str, owner: Optional[str] = None, force: bool = False,
             details: Optional[Dict[str, Any]] = None, check_mode: bool = False) -> Dict[str, Any]:
     """Take the host's run lock for run_id; return what the run_lock module reports."""
@@ -132,7 +117,7 @@ def acquire(state_dir: str, run_id: str, owner: Optional[str] = None, force: boo
             f"({holder.get('run_id')!r}) or with force to take the lock over",
         )
     if not check_mode:
-        _replace(path, record)
+        write_json_atomically(path, record)
     return {"changed": True, "lock_file": path, "lock": record, "previous": holder}
 
 

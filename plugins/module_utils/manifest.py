@@ -139,16 +139,26 @@ def saving_path(state_dir: str, name: str) -> str:
 
 
 def write_manifest(state_dir: str, manifest: Manifest, in_progress: bool = False) -> str:
-    """Write a manifest atomically (temp file, fsync, rename, fsync the directory).
+    """Write a manifest atomically.
 
     With in_progress, it goes to the .saving record instead, which a later run
     uses to finish a save that QEMU completed but this run did not see through.
     """
     path = (saving_path if in_progress else manifest_path)(state_dir, manifest.name)
-    handle, tmp = tempfile.mkstemp(dir=state_dir, prefix=f".{manifest.name}.", suffix=".tmp")
+    write_json_atomically(path, manifest.to_dict())
+    return path
+
+
+def write_json_atomically(path: str, data: Dict[str, Any]) -> None:
+    """Write JSON (mode 0600) so a reader sees the old or the new file, never half of one.
+
+    Temp file in the same directory, fsync, rename over the target, fsync the directory.
+    """
+    directory = os.path.dirname(path)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(manifest.to_dict(), out, indent=2, sort_keys=True)
+            json.dump(data, out, indent=2, sort_keys=True)
             out.write("\n")
             out.flush()
             os.fsync(out.fileno())
@@ -158,8 +168,7 @@ def write_manifest(state_dir: str, manifest: Manifest, in_progress: bool = False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(state_dir)
-    return path
+    fsync_dir(directory)
 
 
 def fsync_dir(path: str) -> None:
