@@ -20,7 +20,7 @@ import socket
 import stat
 import struct
 import traceback
-from typing import Any, AsyncIterator, Dict, Iterator, Optional
+from typing import Any, AsyncIterator, Dict, Iterator, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
@@ -156,10 +156,31 @@ async def _close_quietly(client: "QMPClient") -> None:
         await client.disconnect()
 
 
+# A QEMU that just resumed may first drop connections queued while it was
+# stopped; a handshake that fails that way is tried again.
+HANDSHAKE_ATTEMPTS = 3
+
+
 @contextlib.asynccontextmanager
 async def open_qmp(path: str, *, vm: str, timeout: float) -> AsyncIterator[QmpSession]:
     """Open a QMP session (greeting and capabilities negotiation included)."""
     require_qemu_qmp()
+    for attempt in range(1, HANDSHAKE_ATTEMPTS + 1):
+        try:
+            client, pid = await _qmp_handshake(path, vm=vm, timeout=timeout)
+            break
+        except ConnectionFailedError as exc:
+            # Missing sockets, permissions and timeouts are final; only a broken handshake is retried.
+            if type(exc) is not ConnectionFailedError or attempt == HANDSHAKE_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.2 * attempt)
+    try:
+        yield QmpSession(client, vm=vm, path=path, pid=pid, timeout=timeout)
+    finally:
+        await _close_quietly(client)
+
+
+async def _qmp_handshake(path: str, *, vm: str, timeout: float) -> Tuple["QMPClient", Optional[int]]:
     sock = await connect_unix(path, vm=vm, what="QMP", timeout=timeout)
     pid = peer_pid(sock)
     client = QMPClient(vm)
@@ -176,10 +197,7 @@ async def open_qmp(path: str, *, vm: str, timeout: float) -> AsyncIterator[QmpSe
     except ConnectError as exc:
         sock.close()
         raise ConnectionFailedError(f"QMP handshake on {path} failed: {exc}", vm) from None
-    try:
-        yield QmpSession(client, vm=vm, path=path, pid=pid, timeout=timeout)
-    finally:
-        await _close_quietly(client)
+    return client, pid
 
 
 async def _resync_agent(sock: socket.socket, *, vm: str, path: str) -> None:
