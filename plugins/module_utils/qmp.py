@@ -171,7 +171,7 @@ async def open_qmp(path: str, *, vm: str, timeout: float) -> AsyncIterator[QmpSe
             break
         except ConnectionFailedError as exc:
             # Missing sockets, permissions and timeouts are final; only a broken handshake is retried.
-            if type(exc) is not ConnectionFailedError or attempt == HANDSHAKE_ATTEMPTS:
+            if isinstance(exc, (SocketMissingError, SocketPermissionError, NotAnsweringError)) or attempt == HANDSHAKE_ATTEMPTS:
                 raise
             await asyncio.sleep(0.2 * attempt)
     try:
