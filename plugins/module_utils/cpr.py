@@ -28,7 +28,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import VmEndpoint, discover, select_by_name
+from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
+    VmEndpoint,
+    check_unique_names,
+    discover,
+    explicit_endpoints,
+    select_by_name,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
     CprError,
@@ -58,7 +64,6 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
     SAVABLE_RUNSTATES,
     VmFacts,
     compile_query,
-    endpoints,
     gather_all,
     run_query,
     version_tuple,
@@ -378,10 +383,12 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
     expression = compile_query(query)
     if not check_mode or os.path.lexists(state_dir):
         ensure_state_dir(state_dir, create=not check_mode)
-    running = {e.name: e for e in endpoints(vms)}
+    found = explicit_endpoints(vms) if vms else discover()
+    running = {e.name: e for e in found}
     earlier = _already_saved(state_dir, names or [m.name for m in list_manifests(state_dir)], running)
     wanted = [n for n in (names or running) if n not in {r.name for r in earlier}]
-    selected_endpoints = select_by_name(list(running.values()), wanted) if wanted else []
+    check_unique_names([e for e in found if e.name in wanted])
+    selected_endpoints = select_by_name(found, wanted) if wanted else []
     for endpoint in selected_endpoints:
         check_name(endpoint.name)
         if os.path.exists(manifest_path(state_dir, endpoint.name)):

@@ -301,7 +301,8 @@ def run_query(expression: Any, query: str, vms: List[Dict[str, Any]]) -> List[Di
 def endpoints(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None) -> List[VmEndpoint]:
     """The VMs to work on: an explicit list or those discovered, filtered by name."""
     found = explicit_endpoints(vms) if vms else discover()
-    check_unique_names(found)
+    # Only the VMs worked on must have unique names: a clash elsewhere on the host is not ours to refuse.
+    check_unique_names([e for e in found if not names or e.name in names])
     return select_by_name(found, names)
 
 
