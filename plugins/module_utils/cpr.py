@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
     VmEndpoint,
@@ -70,6 +70,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
 )
 
 POLL_SECONDS = 0.01
+# The first polls come sooner: a small VM saves or loads in a few milliseconds.
+FIRST_POLL_SECONDS = 0.001
 # Seconds to wait for a socket to answer; timeout options bound the work itself.
 CONNECT_TIMEOUT = 10.0
 # A guest asked to suspend may still get there after we gave up waiting.
@@ -79,6 +81,9 @@ DEVICE_STATE_MARGIN = 64 << 20
 # Below this much RAM to copy, mapped-ram's fixed layout gains nothing.
 MAPPED_RAM_MIN_BYTES = 256 << 20
 MULTIFD_CHANNELS = 4
+# QEMU caps every migration at max-bandwidth, 128 MiB/s unless set, even one to a
+# file of a stopped VM: a RAM copy would run at that speed instead of the disk's.
+MAX_BANDWIDTH = 1 << 40
 MIN_QEMU_MAPPED_RAM = (9, 0, 0)
 SUSPEND_CHOICES = ("vfio", "all", "none")
 ROLLED_BACK = "rolled back and resumed, because another VM of this call failed to save"
@@ -123,6 +128,7 @@ class _SaveJob:
     facts: VmFacts
     endpoint: VmEndpoint
     suspend: bool
+    mapped_ram: Optional[bool] = None
     capabilities: Dict[str, bool] = field(default_factory=dict)
     parameters: Dict[str, Any] = field(default_factory=dict)
     previous_capabilities: Dict[str, bool] = field(default_factory=dict)
@@ -143,17 +149,30 @@ def boot_id() -> str:
 # --------------------------------------------------------------------------- save
 
 
-def migration_settings(facts: VmFacts, available: List[str]) -> Tuple[Dict[str, bool], Dict[str, Any]]:
-    """The capabilities and parameters a save uses; a restore sets the same."""
+def migration_settings(facts: VmFacts, available: List[str],
+                       mapped_ram: Optional[bool] = None) -> Tuple[Dict[str, bool], Dict[str, Any]]:
+    """The capabilities and parameters a save uses; a restore sets the same.
+
+    mapped_ram None decides by the amount of RAM copied; True or False forces it.
+    """
     ram_in_place = bool(facts.cpr and facts.cpr.ram_in_place)
     copy_bytes = facts.cpr.ram_copy_bytes if facts.cpr else 0
     capabilities = {"x-ignore-shared": ram_in_place}
     parameters: Dict[str, Any] = {"mode": "cpr-reboot"}
+    if copy_bytes:
+        parameters["max-bandwidth"] = MAX_BANDWIDTH
+    supported = "mapped-ram" in available and version_tuple(facts.qemu_version) >= MIN_QEMU_MAPPED_RAM
+    wanted = copy_bytes >= MAPPED_RAM_MIN_BYTES if mapped_ram is None else mapped_ram
+    if mapped_ram and copy_bytes and not supported:
+        raise NotReadyError(f"mapped_ram is true, but QEMU {facts.qemu_version} lacks the mapped-ram capability",
+                                facts.name, hint="use QEMU 9.0 or later, or mapped_ram auto or false")
     # mapped-ram writes RAM at fixed offsets with several threads: faster for big copies.
-    if ("mapped-ram" in available and version_tuple(facts.qemu_version) >= MIN_QEMU_MAPPED_RAM
-            and copy_bytes >= MAPPED_RAM_MIN_BYTES):
+    if supported and wanted and copy_bytes:
         capabilities.update({"mapped-ram": True, "multifd": True})
         parameters["multifd-channels"] = MULTIFD_CHANNELS
+    elif supported:
+        # Set off explicitly: a QEMU restored from a mapped-ram save still has them on.
+        capabilities.update({"mapped-ram": False, "multifd": False})
     return capabilities, parameters
 
 
@@ -193,11 +212,20 @@ async def _current_migration(session: QmpSession, capabilities: List[str], param
             {name: params[name] for name in parameters if name in params})
 
 
+async def _pause(delay: float) -> float:
+    """Sleep, and return the next, longer delay (up to POLL_SECONDS)."""
+    await asyncio.sleep(delay)
+    return min(delay * 2, POLL_SECONDS)
+
+
 async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict[str, Any]:
     """Poll query-migrate until the migration ends; a failure carries QEMU's reason."""
     deadline = time.monotonic() + timeout
+    delay = FIRST_POLL_SECONDS
     while True:
-        info = await session.execute("query-migrate")
+        # QEMU's monitor does not answer while a mapped-ram load or the end of a save holds its main loop
+        # (seconds for a few GiB): the whole timeout is the bound, not the session's per-command one.
+        info = await session.execute("query-migrate", timeout=max(deadline - time.monotonic(), 1.0))
         status = info.get("status", "none")
         if status == "completed":
             return info
@@ -206,14 +234,15 @@ async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict
         if time.monotonic() > deadline:
             raise NotAnsweringError(f"{what} did not complete within {timeout:g} s (status {status})", session.vm,
                                     hint="raise timeout if the state is large and the disk slow")
-        await asyncio.sleep(POLL_SECONDS)
+        delay = await _pause(delay)
 
 
-async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, reboot: str, timeout: float) -> Manifest:
+async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, reboot: str, timeout: float,
+                       ready: Callable[[], Awaitable[None]]) -> Manifest:
     facts = job.facts
     name = facts.name
     available = [c["capability"] for c in await session.execute("query-migrate-capabilities")]
-    job.capabilities, job.parameters = migration_settings(facts, available)
+    job.capabilities, job.parameters = migration_settings(facts, available, job.mapped_ram)
     # The guest stops serving at the suspend, so its blackout starts there.
     job.paused_at = time.time()
     if job.suspend and facts.runstate == "running":
@@ -230,9 +259,6 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
         raise NotReadyError(f"QEMU blocks a cpr-reboot migration: {'; '.join(blocked)}", name)
 
     path = state_path(state_dir, name)
-    started = time.monotonic()
-    if not job.suspended_by_us:
-        job.paused_at = time.time()
     job.manifest = Manifest(
         name=name, argv=facts.argv, cwd=_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
@@ -243,13 +269,19 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
         capabilities=job.capabilities, parameters=job.parameters, state_file=path, reboot=reboot,
         paused_at=job.paused_at, boot_id=boot_id(), kernel=platform.release(),
     )
-    write_manifest(state_dir, job.manifest, in_progress=True)
+    # Written before the VM stops (a thread, so that the VMs' fsyncs overlap); the manifest gets the real paused_at.
+    await asyncio.to_thread(write_manifest, state_dir, job.manifest, True)
+    await ready()
+    started = time.monotonic()
+    if not job.suspended_by_us:
+        job.paused_at = job.manifest.paused_at = time.time()
     await session.execute("migrate", {"uri": f"file:{path}"})
     await wait_migration(session, timeout, "the save")
     state = await runstate(session)
     if state != "postmigrate":
         raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
-    job.result = _seal(state_dir, job.manifest, time.monotonic() - started)
+    job.result = await asyncio.to_thread(_seal, state_dir, job.manifest, 0.0)
+    job.result.save_seconds = time.monotonic() - started
     return job.manifest
 
 
@@ -322,10 +354,11 @@ async def _quit(session: QmpSession, pid: Optional[int], timeout: float) -> None
 
 async def _wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
+    delay = FIRST_POLL_SECONDS
     while _alive(pid):
         if time.monotonic() > deadline:
             return False
-        await asyncio.sleep(POLL_SECONDS)
+        delay = await _pause(delay)
     return True
 
 
@@ -339,12 +372,21 @@ def _alive(pid: int) -> bool:
 
 
 async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, quit_after: bool,
-                    saved: "asyncio.Future[bool]", decision: "asyncio.Future[bool]") -> SaveResult:
+                    saved: "asyncio.Future[bool]", decision: "asyncio.Future[bool]",
+                    prepared: "asyncio.Future[None]", everyone: "List[asyncio.Future[None]]") -> SaveResult:
     name = job.facts.name
+
+    async def ready() -> None:
+        """Stop this VM only once every VM of the call is ready to stop: the host's blackout starts at the first."""
+        prepared.set_result(None)
+        await asyncio.wait(everyone)
+
     async with open_qmp(job.facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT) as session:
         try:
-            await _save_to_file(session, job, state_dir, reboot, timeout)
+            await _save_to_file(session, job, state_dir, reboot, timeout, ready)
         except BaseException as exc:
+            if not prepared.done():
+                prepared.set_result(None)
             saved.set_result(False)
             await _undo_noting_failure(session, job, state_dir, timeout)
             if isinstance(exc, CprError) and exc.vm is None:
@@ -378,7 +420,7 @@ def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoi
 def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None, query: Optional[str] = None,
          state_dir: str = "/var/lib/qemu-cpr", reboot: str = "kexec", ignore_shared: Optional[bool] = None,
          timeout: float = 300.0, quit_after: bool = True, suspend: str = "vfio", all_or_nothing: bool = True,
-         check_mode: bool = False) -> Dict[str, Any]:
+         check_mode: bool = False, mapped_ram: Optional[bool] = None) -> Dict[str, Any]:
     """Save the selected VMs; return what the cpr_save module reports."""
     expression = compile_query(query)
     if not check_mode or os.path.lexists(state_dir):
@@ -424,7 +466,8 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
 
     by_name = {e.name: e for e in selected_endpoints}
     with host_lock(state_dir):
-        results = asyncio.run(_save_all(facts, by_name, state_dir, reboot, timeout, quit_after, suspend, all_or_nothing))
+        results = asyncio.run(_save_all(facts, by_name, state_dir, reboot, timeout, quit_after, suspend, all_or_nothing,
+                                        mapped_ram))
     return {"changed": True, "vms": [r.to_dict() for r in earlier + results], "would_save": plan}
 
 
@@ -454,17 +497,19 @@ async def _finish_interrupted(facts: List[VmFacts], state_dir: str, quit_after: 
 
 
 async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_dir: str, reboot: str,
-                    timeout: float, quit_after: bool, suspend: str, all_or_nothing: bool) -> List[SaveResult]:
+                    timeout: float, quit_after: bool, suspend: str, all_or_nothing: bool,
+                    mapped_ram: Optional[bool] = None) -> List[SaveResult]:
     loop = asyncio.get_running_loop()
-    jobs, saved_flags, decisions = [], [], []
+    jobs, saved_flags, decisions, prepared = [], [], [], []
     for vm_facts in facts:
         must_suspend = suspend == "all" or (suspend == "vfio" and bool(vm_facts.vfio))
-        jobs.append(_SaveJob(vm_facts, by_name[vm_facts.name], must_suspend))
+        jobs.append(_SaveJob(vm_facts, by_name[vm_facts.name], must_suspend, mapped_ram))
         saved_flags.append(loop.create_future())
         decisions.append(loop.create_future())
+        prepared.append(loop.create_future())
 
-    tasks = [asyncio.ensure_future(_save_one(job, state_dir, reboot, timeout, quit_after, flag, decision))
-             for job, flag, decision in zip(jobs, saved_flags, decisions)]
+    tasks = [asyncio.ensure_future(_save_one(job, state_dir, reboot, timeout, quit_after, flag, decision, mine, prepared))
+             for job, flag, decision, mine in zip(jobs, saved_flags, decisions, prepared)]
     outcomes = await asyncio.gather(*(_first_of(flag, task) for flag, task in zip(saved_flags, tasks)))
     commit = all(outcomes) or not all_or_nothing
     for decision in decisions:
@@ -559,17 +604,21 @@ def _spawn_detached(manifest: Manifest, state_dir: str) -> subprocess.Popen:
 
 
 async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], state_dir: str,
-                        timeout: float) -> None:
-    """Wait until the new QEMU answers on its QMP socket; if it dies first, its own words are the error."""
+                        timeout: float, stack: contextlib.AsyncExitStack) -> QmpSession:
+    """Wait until the new QEMU answers on its QMP socket and return that session (closed with stack).
+
+    If QEMU dies first, its own words are the error.
+    """
     deadline = time.monotonic() + timeout
+    delay = FIRST_POLL_SECONDS
     while True:
         if child is not None and child.poll() not in (None, 0):
             raise CprError(f"the new QEMU exited with status {child.returncode}: {_log_tail(state_dir, manifest.name)}",
                            manifest.name, hint="fix the cause (a missing device or file, a changed binary) and run "
                            "cpr_restore again; the state file and manifest are kept")
         try:
-            async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=min(5.0, timeout)):
-                return
+            return await stack.enter_async_context(open_qmp(manifest.qmp_socket, vm=manifest.name,
+                                                            timeout=min(5.0, timeout)))
         except CprError as exc:
             if time.monotonic() > deadline:
                 raise NotAnsweringError(
@@ -577,7 +626,7 @@ async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], s
                     manifest.name, hint="it may be hung and is left as it is; a later cpr_restore continues with it "
                     "once it answers, or starts another after you kill it; the state file and manifest are kept",
                 ) from None
-        await asyncio.sleep(0.02)
+        delay = await _pause(delay)
 
 
 def _log_tail(state_dir: str, name: str) -> str:
@@ -623,18 +672,24 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
                                          changed=state != _expected_runstate(manifest))
 
     if verify_checksum:
-        verify_state_file(manifest)
-    child = launch(manifest, state_dir, launch_mode, unit) if existing is None else None
-    await _wait_for_qmp(manifest, child, state_dir, timeout)
-    async with open_qmp(manifest.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT) as session:
+        # In a thread: the VMs' state files are checked at the same time.
+        await asyncio.to_thread(verify_state_file, manifest)
+    child = await asyncio.to_thread(launch, manifest, state_dir, launch_mode, unit) if existing is None else None
+    async with contextlib.AsyncExitStack() as stack:
+        session = await _wait_for_qmp(manifest, child, state_dir, timeout, stack)
         pid = session.pid
         await _set_migration(session, manifest.capabilities, manifest.parameters)
         await session.execute("migrate-incoming", {"uri": f"file:{manifest.state_file}"})
         try:
             await wait_migration(session, timeout, "the restore")
-        except CprError:
+        except CprError as exc:
             with contextlib.suppress(CprError):
                 await session.execute("quit")
+            if child is not None and await _wait_exit(child.pid, 1.0) and child.poll() not in (None, 0):
+                # QEMU exits on a state it cannot load; its own words say why.
+                raise CprError(f"the new QEMU exited while loading the state (status {child.returncode}): "
+                               f"{_log_tail(state_dir, name)}", name, hint="the state file and manifest are kept; "
+                               "fix the cause and run cpr_restore again") from exc
             raise
         expected = manifest.runstate_before
         state = await runstate(session)
@@ -660,7 +715,7 @@ async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str
         await _wait_agent(manifest, timeout)
     downtime = time.time() - manifest.paused_at
     if not keep_state:
-        remove_saved(state_dir, manifest.name)
+        await asyncio.to_thread(remove_saved, state_dir, manifest.name)
     return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, downtime, keep_state)
 
 
@@ -671,15 +726,16 @@ def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = N
     if os.path.lexists(state_dir):
         ensure_state_dir(state_dir, create=False)
     manifests = list_manifests(state_dir)
+    discovered = discover()
     if names:
         found = {m.name for m in manifests}
-        running_names = {e.name for e in discover()}
+        running_names = {e.name for e in discovered}
         unknown = [n for n in names if n not in found and n not in running_names]
         if unknown:
             raise ManifestError(f"no manifest in {state_dir} and no running VM for {', '.join(unknown)}",
                                 hint="check the names and state_dir")
         manifests = [m for m in manifests if m.name in names]
-    running = {e.name: e for e in discover()}
+    running = {e.name: e for e in discovered}
     if check_mode or not manifests:
         if check_mode:
             for manifest in manifests:

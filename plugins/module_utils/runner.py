@@ -29,14 +29,15 @@ VM_SELECTION_SPEC: Dict[str, Any] = dict(
 )
 
 
-def ignore_shared_option(module: AnsibleModule, value: Any) -> Optional[bool]:
-    """auto -> None, else a boolean; YAML may hand us true/false or the string auto."""
+def auto_or_bool(module: AnsibleModule, option: str) -> Optional[bool]:
+    """An option that is auto, true or false: auto -> None, else a boolean (YAML may hand us either)."""
+    value = module.params[option]
     if isinstance(value, str) and value.lower() == "auto":
         return None
     try:
         return boolean(value, strict=True)
     except TypeError:
-        module.fail_json(msg=f"ignore_shared must be auto, true or false, not {value!r}")
+        module.fail_json(msg=f"{option} must be auto, true or false, not {value!r}")
     return None
 
 

@@ -51,6 +51,15 @@ options:
       - V(false) copies all RAM, for example to survive a reboot when RAM is on tmpfs.
     type: raw
     default: auto
+  mapped_ram:
+    description:
+      - How RAM copied into the state file is written. With QEMU's C(mapped-ram) and C(multifd) capabilities (QEMU 9.0
+        and later) every page has a fixed place in the file and several threads write and load it.
+      - V(auto) uses them when at least 256 MiB of a VM's RAM is copied; V(true) whenever RAM is copied (the save
+        fails for a VM whose QEMU lacks them); V(false) never (one stream, as older QEMUs write it).
+      - RAM kept in place is not copied, so this does not matter for it.
+    type: raw
+    default: auto
   suspend:
     description:
       - Which running guests to suspend to RAM through their guest agent before the save.
@@ -157,7 +166,7 @@ would_save:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import SUSPEND_CHOICES, save
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, ignore_shared_option, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, auto_or_bool, run
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS
 
 
@@ -168,6 +177,7 @@ def main() -> None:
             state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
             reboot=dict(type="str", choices=list(REBOOT_METHODS), default="kexec"),
             ignore_shared=dict(type="raw", default="auto"),
+            mapped_ram=dict(type="raw", default="auto"),
             suspend=dict(type="str", choices=list(SUSPEND_CHOICES), default="vfio"),
             quit=dict(type="bool", default=True),
             all_or_nothing=dict(type="bool", default=True),
@@ -176,11 +186,13 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    ignore_shared = ignore_shared_option(module, params["ignore_shared"])
+    ignore_shared = auto_or_bool(module, "ignore_shared")
+    mapped_ram = auto_or_bool(module, "mapped_ram")
     run(module, lambda: save(
         vms=params["vms"], names=params["names"], query=params["query"], state_dir=params["state_dir"],
         reboot=params["reboot"], ignore_shared=ignore_shared, timeout=params["timeout"], quit_after=params["quit"],
-        suspend=params["suspend"], all_or_nothing=params["all_or_nothing"], check_mode=module.check_mode,
+        suspend=params["suspend"], all_or_nothing=params["all_or_nothing"], mapped_ram=mapped_ram,
+        check_mode=module.check_mode,
     ))
 
 

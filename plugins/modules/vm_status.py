@@ -225,7 +225,7 @@ vms:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, ignore_shared_option, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, auto_or_bool, run
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS, status
 
 
@@ -239,7 +239,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    ignore_shared = ignore_shared_option(module, params["ignore_shared"])
+    ignore_shared = auto_or_bool(module, "ignore_shared")
 
     def report() -> dict:
         vms = status(vms=params["vms"], names=params["names"], query=params["query"], timeout=params["timeout"],

@@ -57,7 +57,7 @@ def test_cycle_running_paused_and_pc(vm_dir):
     with open(os.path.join(state_dir, "q35run.json"), encoding="utf-8") as handle:
         manifest = json.load(handle)
     assert manifest["machine_type"] == "pc-q35-10.0" or manifest["machine_type"].startswith("pc-q35-")
-    assert manifest["capabilities"] == {"x-ignore-shared": True}
+    assert manifest["capabilities"] == {"x-ignore-shared": True, "mapped-ram": False, "multifd": False}
 
     again = cpr.save(names=["q35run", "pcpaused"], state_dir=state_dir, reboot="none", timeout=60)
     assert not again["changed"] and all(not vm["changed"] for vm in again["vms"])
@@ -87,6 +87,19 @@ def test_private_ram_is_copied_into_the_state_file(vm_dir):
     assert entry["state_bytes"] > 4 << 20
     cpr.restore(state_dir=state_dir, timeout=60)
     _assert_survived(vms, before)
+
+
+def test_mapped_ram_then_one_stream_on_the_same_qemu(vm_dir):
+    """A QEMU restored from a mapped-ram save keeps the capability on; the next plain save must still load."""
+    vms = testbed.boot_vms(vm_dir, names=["mram"], ram="private")
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    for mapped_ram in (True, False):
+        cpr.save(names=["mram"], state_dir=state_dir, reboot="none", timeout=60, mapped_ram=mapped_ram)
+        with open(os.path.join(state_dir, "mram.json"), encoding="utf-8") as handle:
+            assert json.load(handle)["capabilities"].get("mapped-ram", False) is mapped_ram
+        cpr.restore(state_dir=state_dir, timeout=60)
+        _assert_survived(vms, before)
 
 
 def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
@@ -170,8 +183,9 @@ def test_save_that_times_out_resumes_the_vm(vm_dir):
     vms[0].guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", "count=64"], timeout=120)
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
-    with pytest.raises(CprError, match=r"VM slow: the save did not complete within 0.05 s"):
-        cpr.save(names=["slow"], state_dir=state_dir, reboot="none", timeout=0.05)
+    # 1 ms: even at the disk's speed (max-bandwidth lifted), 64 MiB of noise takes longer.
+    with pytest.raises(CprError, match=r"VM slow: the save did not complete within 0.001 s"):
+        cpr.save(names=["slow"], state_dir=state_dir, reboot="none", timeout=0.001)
     assert vms[0].runstate() == "running"
     assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
     _assert_survived(vms, before)
