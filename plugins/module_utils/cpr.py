@@ -165,7 +165,7 @@ def migration_settings(facts: VmFacts, available: List[str],
     wanted = copy_bytes >= MAPPED_RAM_MIN_BYTES if mapped_ram is None else mapped_ram
     if mapped_ram and copy_bytes and not supported:
         raise NotReadyError(f"mapped_ram is true, but QEMU {facts.qemu_version} lacks the mapped-ram capability",
-                                facts.name, hint="use QEMU 9.0 or later, or mapped_ram auto or false")
+                            facts.name, hint="use QEMU 9.0 or later, or mapped_ram auto or false")
     # mapped-ram writes RAM at fixed offsets with several threads: faster for big copies.
     if supported and wanted and copy_bytes:
         capabilities.update({"mapped-ram": True, "multifd": True})
@@ -238,7 +238,7 @@ async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict
 
 
 async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, reboot: str, timeout: float,
-                       ready: Callable[[], Awaitable[None]]) -> Manifest:
+                        ready: Callable[[], Awaitable[None]]) -> Manifest:
     facts = job.facts
     name = facts.name
     available = [c["capability"] for c in await session.execute("query-migrate-capabilities")]
