@@ -40,8 +40,10 @@ fi
 
 apt-get update -qq
 apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
+# binutils (as, ld), iproute2 and e2fsprogs: the kexec scenario's L1 image
+# (tests/kexec/build-l1.sh) and its hosts, which run this machine's userland.
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
-    openssh-client rsync shellcheck >/dev/null
+    openssh-client rsync shellcheck binutils iproute2 e2fsprogs >/dev/null
 
 qemu_version=$(qemu-system-x86_64 --version | awk 'NR==1 {print $4}')
 echo "QEMU ${qemu_version}"

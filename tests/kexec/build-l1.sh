@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Builds what the kexec scenario's test hypervisors ("L1 hosts") boot: two
+# Debian kernels (an OLD one they boot and a NEW one they kexec into), an
+# initramfs per kernel that mounts this machine's root file system read-only
+# over 9p under a writable tmpfs overlay, and a "layer" directory laid over
+# that root (kernels in /boot, their modules, sshd, the L1 init scripts).
+#
+#   tests/kexec/build-l1.sh [OUTDIR]
+#
+# OUTDIR defaults to ${HYPERVISOR_CPR_CACHE:-~/.cache/hypervisor-cpr}/kexec-l1.
+# Kernels: KEXEC_OLD_KERNEL (default 6.1.0-47-amd64) and KEXEC_NEW_KERNEL
+# (default: the one linux-image-amd64 depends on, e.g. 6.1.0-56-amd64), both
+# from the host's apt sources with `apt-get download` (nothing is installed).
+# Nothing is rebuilt while the stamp (script, l1/ and kernel names) matches.
+# Run as root on Debian 12 (amd64); the L1 hosts run this machine's own
+# userland, so it must have QEMU, Python and kexec-tools installed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$HERE/../.." && pwd)
+VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+CACHE=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}
+OUTDIR=$(realpath -m "${1:-$CACHE/kexec-l1}")
+OLD=${KEXEC_OLD_KERNEL:-6.1.0-47-amd64}
+NEW=${KEXEC_NEW_KERNEL:-}
+# Modules the initramfs loads, in this order, with their dependencies: PCI
+# virtio, the 9p root, the overlay, the state disk (ext4 on virtio-blk), the
+# NIC, and legacy persistent memory (memmap=SIZE!OFFSET -> /dev/pmem0).
+MODULES=(virtio_pci virtio_blk virtio_net 9pnet_virtio 9p overlay crc32c_generic ext4 nd_e820 nd_pmem)
+
+die() { echo "build-l1.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root"
+if [ -z "$NEW" ]; then
+    NEW=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {sub("linux-image-", "", $2); print $2; exit}')
+    [ -n "$NEW" ] || die "cannot tell which kernel linux-image-amd64 depends on; set KEXEC_NEW_KERNEL"
+fi
+[ "$OLD" != "$NEW" ] || die "old and new kernel are both $OLD"
+if [ "$(printf '%s\n%s\n' "$OLD" "$NEW" | sort -V | tail -n1)" != "$NEW" ]; then
+    die "KEXEC_NEW_KERNEL $NEW is not newer than KEXEC_OLD_KERNEL $OLD"
+fi
+
+# The test-bed guest (the Linux L2 guest) is built first: it is part of the image.
+"$REPO_ROOT/tests/testbed/build-guest.sh" >/dev/null || die "tests/testbed/build-guest.sh failed"
+GUEST=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}/guest
+stamp=$( { sha256sum < "${BASH_SOURCE[0]}"; echo "$OLD $NEW"; cat "$GUEST/stamp";
+           cd "$HERE" && find l1 l2 -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
+up_to_date() { [ "$(cat "$OUTDIR/stamp" 2>/dev/null)" = "$stamp" ] && [ -d "$OUTDIR/layer/boot" ]; }
+if up_to_date; then echo "L1 host image up to date in $OUTDIR"; exit 0; fi
+
+mkdir -p "$OUTDIR"
+exec 9>"$OUTDIR/.lock"
+flock 9
+if up_to_date; then echo "L1 host image up to date in $OUTDIR"; exit 0; fi
+
+export DEBIAN_FRONTEND=noninteractive
+missing=()
+command -v cpio >/dev/null || missing+=(cpio)
+command -v depmod >/dev/null || missing+=(kmod)
+command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
+command -v busybox >/dev/null || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+BUSYBOX=$(command -v busybox)
+for tool in qemu-system-x86_64 kexec python3 mkfs.ext4 blkid ip; do
+    command -v "$tool" >/dev/null || die "this machine lacks $tool, which the L1 hosts run from its root file system"
+done
+
+work=$(mktemp -d "$OUTDIR/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+fetch() { apt-get download -q "$@" 2>&1 | { grep -v unsandboxed || true; }; }
+pkgs=("linux-image-$OLD" "linux-image-$NEW" openssh-server openssh-sftp-server libwrap0)
+echo "downloading ${pkgs[*]}"
+if ! fetch "${pkgs[@]}"; then
+    apt-get update -qq
+    fetch "${pkgs[@]}" || die "apt-get download ${pkgs[*]} failed"
+fi
+
+layer=$work/layer
+# usr/lib and usr/sbin, never lib or sbin: on a merged-/usr root those are
+# symbolic links, and a directory of the same name in a layer above hides them.
+mkdir -p "$layer"/{boot,usr/lib/modules,usr/sbin,usr/lib/openssh,usr/lib/kexec-l1,etc/kexec-l1,srv/pmem,var/lib/qemu-cpr}
+
+# sshd from openssh-server, unpacked (not installed): its libraries are this
+# machine's, libwrap0 excepted.
+dpkg-deb -x openssh-server_*.deb ssh
+dpkg-deb -x openssh-sftp-server_*.deb ssh
+dpkg-deb -x libwrap0_*.deb ssh
+install -m 0755 ssh/usr/sbin/sshd "$layer/usr/sbin/sshd"
+install -m 0755 ssh/usr/lib/openssh/sftp-server "$layer/usr/lib/openssh/sftp-server"
+mkdir -p "$layer/usr/lib/x86_64-linux-gnu"
+cp -a ssh/usr/lib/x86_64-linux-gnu/libwrap.so.0* "$layer/usr/lib/x86_64-linux-gnu/" 2>/dev/null \
+    || cp -a ssh/lib/x86_64-linux-gnu/libwrap.so.0* "$layer/usr/lib/x86_64-linux-gnu/"
+if LD_LIBRARY_PATH=$layer/usr/lib/x86_64-linux-gnu ldd "$layer/usr/sbin/sshd" | grep -q 'not found'; then
+    die "sshd needs libraries this machine lacks: $(LD_LIBRARY_PATH=$layer/usr/lib/x86_64-linux-gnu ldd "$layer/usr/sbin/sshd" | grep 'not found')"
+fi
+
+install -m 0755 "$BUSYBOX" "$layer/usr/lib/kexec-l1/busybox"
+install -m 0755 "$HERE/l1/rc" "$layer/usr/lib/kexec-l1/rc"
+install -m 0644 "$HERE/l1/inittab" "$layer/etc/inittab"
+install -m 0644 "$HERE/l1/sshd_config" "$layer/usr/lib/kexec-l1/sshd_config"
+
+# The L1 hosts run /usr/bin/python3 of this machine: qemu.qmp and jmespath
+# (pure Python) are copied into its dist-packages in the layer, from the
+# virtual environment of scripts/install-host-deps.sh.
+site=$("$VENV/bin/python" -c 'import os, qemu.qmp; print(os.path.dirname(os.path.dirname(os.path.dirname(qemu.qmp.__file__))))') \
+    || die "no qemu.qmp in $VENV: run scripts/install-host-deps.sh"
+dist=$layer/usr/lib/python3/dist-packages
+mkdir -p "$dist/qemu"
+cp -a "$site/qemu/qmp" "$dist/qemu/"
+cp -a "$site"/qemu_qmp-*.dist-info "$site/jmespath" "$site"/jmespath-*.dist-info "$dist/"
+find "$dist" -name __pycache__ -prune -exec rm -rf {} +
+
+# The L2 guests: the firmware-only pattern program, and the test-bed guest.
+as --32 -o pattern.o "$HERE/l2/pattern.S"
+ld -m elf_i386 -Ttext 0x100000 -o "$layer/usr/lib/kexec-l1/pattern.elf" pattern.o
+mkdir -p "$layer/usr/lib/kexec-l1/guest"
+cp "$GUEST"/{vmlinuz,initrd.img,cmdline,versions} "$layer/usr/lib/kexec-l1/guest/"
+
+build_kernel() {
+    local kver=$1 kdir=$work/k-$1 root=$work/initramfs-$1 moddir
+    dpkg-deb -x "linux-image-${kver}"_*.deb "$kdir"
+    moddir=$kdir/lib/modules/$kver
+    [ -d "$moddir" ] || die "linux-image-$kver has no lib/modules/$kver"
+    cp "$kdir/boot/vmlinuz-$kver" "$kdir/boot/config-$kver" "$kdir/boot/System.map-$kver" "$layer/boot/"
+    mv "$moddir" "$layer/usr/lib/modules/$kver"
+    depmod -b "$layer/usr" "$kver" 2>/dev/null || depmod -b "$layer" "$kver"
+    moddir=$layer/usr/lib/modules/$kver
+
+    mkdir -p "$root"/{bin,dev,proc,sys,run,tmp,l0,layer,cfg,rw,newroot,lib/modules}
+    install -m 0755 "$BUSYBOX" "$root/bin/busybox"
+    for applet in sh mount umount mkdir insmod cat sleep switch_root echo ls; do ln -s busybox "$root/bin/$applet"; done
+    declare -A modpath=() added=()
+    local path name
+    while read -r path; do
+        name=$(basename "$path"); name=${name%%.ko*}; name=${name//-/_}
+        modpath[$name]=$path
+    done < <(find "$moddir" -name '*.ko*')
+    local order=()
+    add_module() {
+        local name=${1//-/_} path dep
+        [ -z "${added[$name]:-}" ] || return 0
+        added[$name]=1
+        path=${modpath[$name]:-}
+        if [ -z "$path" ]; then
+            tr '-' '_' < "$moddir/modules.builtin" | grep -q "/$name\.ko" && return 0
+            die "kernel $kver has no module $name"
+        fi
+        case $path in
+            *.ko) cp "$path" "$root/lib/modules/$name.ko" ;;
+            *.ko.xz) xz -dc "$path" > "$root/lib/modules/$name.ko" ;;
+            *.ko.zst) zstd -qdc "$path" > "$root/lib/modules/$name.ko" ;;
+            *) die "unknown module format: $path" ;;
+        esac
+        for dep in $(modinfo -F depends "$root/lib/modules/$name.ko" | tr ',' ' '); do add_module "$dep"; done
+        order+=("$name")
+    }
+    local m
+    for m in "${MODULES[@]}"; do add_module "$m"; done
+    printf '%s\n' "${order[@]}" > "$root/lib/modules/load-order"
+    install -m 0755 "$HERE/l1/init" "$root/init"
+    (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -1 > "$layer/boot/initrd.img-$kver"
+    echo "$kver: ${order[*]}"
+}
+build_kernel "$OLD"
+build_kernel "$NEW"
+
+printf 'old %s\nnew %s\nopenssh-server %s\n' "$OLD" "$NEW" "$(dpkg-deb -f openssh-server_*.deb Version)" > versions
+rm -rf "$OUTDIR/layer" "$OUTDIR/versions"
+mv "$layer" "$OUTDIR/layer"
+mv versions "$OUTDIR/versions"
+echo "$stamp" > "$OUTDIR/stamp"
+echo "L1 host image built in $OUTDIR (boots $OLD, kexecs into $NEW)"

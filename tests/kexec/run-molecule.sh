@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs a kexec molecule scenario (extensions/molecule/<scenario>) from this checkout:
+#
+#   tests/kexec/run-molecule.sh [kexec|kexec-copy|kexec-tmpfs ...] [-- molecule test args]
+#
+# With no scenario it runs kexec-ci (one L1 host, what CI runs). Each scenario
+# boots its own L1 test hypervisors (TCG VMs) under /tmp/kexec-molecule-<scenario>
+# and destroys them at the end, also on failure. Needs root and
+# scripts/install-host-deps.sh (QEMU 10, kexec-tools, the .venv with molecule).
+# Prints the time each scenario took.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+MOLECULE=${MOLECULE:-$VENV/bin/molecule}
+cd "$REPO_ROOT"
+
+if [ ! -x "$MOLECULE" ]; then
+    echo "run-molecule.sh: no molecule at $MOLECULE: install it in the venv (pip install molecule) or set MOLECULE" >&2
+    exit 1
+fi
+scenarios=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do scenarios+=("$1"); shift; done
+[ "${1:-}" != -- ] || shift
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kexec-ci)
+
+export ANSIBLE_COLLECTIONS_PATH
+ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
+# ansible-playbook of molecule's own environment, never a pyenv shim.
+PATH=$(dirname "$MOLECULE"):$PATH
+export PATH
+export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0} ANSIBLE_LOCALHOST_WARNING=false
+
+# The L1 image (kernels, initramfs, sshd, the L2 pattern program) is built
+# once and cached; building it here keeps its time out of the first scenario.
+start=$SECONDS
+tests/kexec/build-l1.sh
+echo "kexec: L1 image ready in $((SECONDS - start)) s"
+
+status=0
+for scenario in "${scenarios[@]}"; do
+    start=$SECONDS
+    echo "=== molecule test -s $scenario ==="
+    # Molecule's action lines get the time of day, so each phase can be timed.
+    if "$MOLECULE" test -s "$scenario" "$@" 2>&1 | while IFS= read -r line; do
+            case $line in
+                *'] Executing'* | *'] Executed'*) printf '%s %s\n' "$(date +%T)" "$line" ;;
+                *) printf '%s\n' "$line" ;;
+            esac
+        done; then
+        echo "kexec: scenario $scenario passed in $((SECONDS - start)) s"
+    else
+        status=$?
+        echo "kexec: scenario $scenario FAILED (exit $status) after $((SECONDS - start)) s" >&2
+    fi
+done
+exit "$status"
