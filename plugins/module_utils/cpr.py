@@ -260,7 +260,7 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
 
     path = state_path(state_dir, name)
     job.manifest = Manifest(
-        name=name, argv=facts.argv, cwd=_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
+        name=name, argv=facts.argv, cwd=process_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
         runstate_before=runstate_before, suspended_by_us=job.suspended_by_us,
         agent_answered=bool(facts.agent.answering) or job.suspended_by_us,
@@ -297,7 +297,7 @@ def _seal(state_dir: str, manifest: Manifest, seconds: float) -> SaveResult:
                       manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at, seconds, False)
 
 
-def _cwd(pid: Optional[int]) -> str:
+def process_cwd(pid: Optional[int]) -> str:
     try:
         return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
@@ -317,7 +317,7 @@ async def _undo_save(session: QmpSession, job: _SaveJob, state_dir: str, timeout
         # ("invalid runstate transition"), and a paused VM would have to run to
         # get back to paused; neither can be migrated again. The state file is
         # complete, so the exact way back is the restore path: a new QEMU loads it.
-        await _quit(session, session.pid or job.facts.pid, timeout)
+        await quit_qemu(session, session.pid or job.facts.pid, timeout)
         await _restore_one(job.manifest, state_dir, timeout, keep_state=False, launch_mode="argv", unit="",
                            verify_checksum=False, running={})
         return
@@ -341,18 +341,18 @@ async def _undo_noting_failure(session: QmpSession, job: _SaveJob, state_dir: st
         job.undo_error = str(exc)
 
 
-async def _quit(session: QmpSession, pid: Optional[int], timeout: float) -> None:
+async def quit_qemu(session: QmpSession, pid: Optional[int], timeout: float) -> None:
     """Tell QEMU to quit and wait for its process to end."""
     with contextlib.suppress(CprError):
         await session.execute("quit")
-    if pid and not await _wait_exit(pid, timeout):
+    if pid and not await wait_exit(pid, timeout):
         # The state is on disk and the manifest written: ending the process loses nothing.
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        await _wait_exit(pid, timeout)
+        await wait_exit(pid, timeout)
 
 
-async def _wait_exit(pid: int, timeout: float) -> bool:
+async def wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = FIRST_POLL_SECONDS
     while _alive(pid):
@@ -400,7 +400,7 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
         if result is None:
             raise CprError("the save ended without a result", name)
         if quit_after:
-            await _quit(session, session.pid or job.facts.pid, timeout)
+            await quit_qemu(session, session.pid or job.facts.pid, timeout)
             result.quit = True
         return result
 
@@ -485,7 +485,7 @@ async def _finish_interrupted(facts: List[VmFacts], state_dir: str, quit_after: 
             result = _seal(state_dir, record, 0.0)
             if quit_after:
                 async with open_qmp(vm_facts.qmp_socket, vm=vm_facts.name, timeout=CONNECT_TIMEOUT) as session:
-                    await _quit(session, session.pid or vm_facts.pid, CONNECT_TIMEOUT)
+                    await quit_qemu(session, session.pid or vm_facts.pid, CONNECT_TIMEOUT)
                 result.quit = True
             finished.append(result)
         elif vm_facts.runstate in SAVABLE_RUNSTATES:
@@ -542,25 +542,33 @@ async def _first_of(flag: "asyncio.Future[bool]", task: "asyncio.Future[Any]") -
 # --------------------------------------------------------------------------- restore
 
 
-def restore_argv(manifest: Manifest) -> List[str]:
-    """The recorded argv with the machine type pinned, any -S and old -incoming removed, -incoming defer added."""
-    old = manifest.argv
-    argv: List[str] = []
+def fresh_argv(argv: List[str]) -> List[str]:
+    """A recorded argv without -incoming (a QEMU restored before carries one) and -S (it would stay paused)."""
+    fresh: List[str] = []
     index = 0
-    while index < len(old):
-        word = old[index]
-        option = word.lstrip("-") if word.startswith("-") else None
-        value = old[index + 1] if index + 1 < len(old) else None
+    while index < len(argv):
+        option = argv[index].lstrip("-") if argv[index].startswith("-") else None
         if option == "incoming":
             index += 2
-        # A VM restored before already carries the pin; do not stack another.
-        elif option in ("machine", "M") and value == manifest.machine_type:
-            index += 2
-        # With -S the restored VM would stay paused even if it was running.
         elif option == "S":
             index += 1
         else:
-            argv.append(word)
+            fresh.append(argv[index])
+            index += 1
+    return fresh
+
+
+def restore_argv(manifest: Manifest) -> List[str]:
+    """The recorded argv with the machine type pinned, any -S and old -incoming removed, -incoming defer added."""
+    old = fresh_argv(manifest.argv)
+    argv: List[str] = []
+    index = 0
+    while index < len(old):
+        # A VM restored before already carries the pin; do not stack another.
+        if old[index] in ("-machine", "--machine", "-M") and index + 1 < len(old) and old[index + 1] == manifest.machine_type:
+            index += 2
+        else:
+            argv.append(old[index])
             index += 1
     return argv + ["-machine", manifest.machine_type, "-incoming", "defer"]
 
@@ -573,38 +581,45 @@ def launch(manifest: Manifest, state_dir: str, launch_mode: str, unit: str) -> O
     """Start the new QEMU so it outlives this process; return the child when we hold it."""
     if launch_mode == "systemd":
         # The operator's unit adds -incoming defer itself (see the module documentation).
-        command = ["systemctl", "start", unit.format(name=manifest.name)]
-    elif _systemd_runs_host():
-        command = ["systemd-run", f"--unit=hypervisor-cpr-{manifest.name}-{int(time.time())}", "--collect",
-                   f"--working-directory={manifest.cwd}", "--", *restore_argv(manifest)]
-    else:
-        return _spawn_detached(manifest, state_dir)
+        _run_starter(["systemctl", "start", unit.format(name=manifest.name)], manifest.name)
+        return None
+    return start_qemu(manifest.name, restore_argv(manifest), manifest.cwd, state_dir)
+
+
+def start_qemu(name: str, argv: List[str], cwd: str, state_dir: str) -> Optional[subprocess.Popen]:
+    """Start QEMU with this argv so it outlives this process: a transient unit under systemd, else detached."""
+    if not _systemd_runs_host():
+        return spawn_detached(name, argv, cwd, state_dir)
+    _run_starter(["systemd-run", f"--unit=hypervisor-cpr-{name}-{int(time.time())}", "--collect",
+                  f"--working-directory={cwd}", "--", *argv], name)
+    return None
+
+
+def _run_starter(command: List[str], name: str) -> None:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        raise CprError(f"{command[0]} could not start the new QEMU: {detail.strip()}", manifest.name,
-                       hint="the state file and manifest are kept; fix the cause and run cpr_restore again") from None
-    return None
+        raise CprError(f"{command[0]} could not start the new QEMU: {detail.strip()}", name,
+                       hint="its record in the state directory is kept; fix the cause and run again") from None
 
 
-def _spawn_detached(manifest: Manifest, state_dir: str) -> subprocess.Popen:
+def spawn_detached(name: str, argv: List[str], cwd: str, state_dir: str) -> subprocess.Popen:
     """QEMU in a session of its own, its output in <state_dir>/<name>.log."""
-    log_path = os.path.join(state_dir, f"{manifest.name}.log")
-    argv = restore_argv(manifest)
+    log_path = os.path.join(state_dir, f"{name}.log")
     try:
         with open(log_path, "ab") as log:
             os.chmod(log_path, 0o600)
-            return subprocess.Popen(argv, cwd=manifest.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True, close_fds=True)
     except OSError as exc:
-        raise CprError(f"the new QEMU cannot be started: {exc.strerror}: {exc.filename or argv[0]}", manifest.name,
+        raise CprError(f"the new QEMU cannot be started: {exc.strerror}: {exc.filename or argv[0]}", name,
                        hint="the QEMU binary or working directory recorded in the manifest is gone; reinstall it, "
                        "then run cpr_restore again (the state file and manifest are kept)") from None
 
 
-async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], state_dir: str,
-                        timeout: float, stack: contextlib.AsyncExitStack) -> QmpSession:
+async def wait_for_qmp(name: str, qmp_socket: str, child: Optional[subprocess.Popen], state_dir: str,
+                       timeout: float, stack: contextlib.AsyncExitStack) -> QmpSession:
     """Wait until the new QEMU answers on its QMP socket and return that session (closed with stack).
 
     If QEMU dies first, its own words are the error.
@@ -613,17 +628,16 @@ async def _wait_for_qmp(manifest: Manifest, child: Optional[subprocess.Popen], s
     delay = FIRST_POLL_SECONDS
     while True:
         if child is not None and child.poll() not in (None, 0):
-            raise CprError(f"the new QEMU exited with status {child.returncode}: {_log_tail(state_dir, manifest.name)}",
-                           manifest.name, hint="fix the cause (a missing device or file, a changed binary) and run "
+            raise CprError(f"the new QEMU exited with status {child.returncode}: {_log_tail(state_dir, name)}",
+                           name, hint="fix the cause (a missing device or file, a changed binary) and run "
                            "cpr_restore again; the state file and manifest are kept")
         try:
-            return await stack.enter_async_context(open_qmp(manifest.qmp_socket, vm=manifest.name,
-                                                            timeout=min(5.0, timeout)))
+            return await stack.enter_async_context(open_qmp(qmp_socket, vm=name, timeout=min(5.0, timeout)))
         except CprError as exc:
             if time.monotonic() > deadline:
                 raise NotAnsweringError(
-                    f"the new QEMU did not answer on {manifest.qmp_socket} within {timeout:g} s ({exc.message})",
-                    manifest.name, hint="it may be hung and is left as it is; a later cpr_restore continues with it "
+                    f"the new QEMU did not answer on {qmp_socket} within {timeout:g} s ({exc.message})",
+                    name, hint="it may be hung and is left as it is; a later cpr_restore continues with it "
                     "once it answers, or starts another after you kill it; the state file and manifest are kept",
                 ) from None
         delay = await _pause(delay)
@@ -637,12 +651,12 @@ def _log_tail(state_dir: str, name: str) -> str:
         return "no output"
 
 
-async def _wait_agent(manifest: Manifest, timeout: float) -> None:
-    """The guest agent answers again, where it did before the save."""
+async def wait_agent(name: str, qga_socket: str, timeout: float) -> None:
+    """The guest agent answers again, where it did before."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            async with open_agent(manifest.qga_socket or "", vm=manifest.name, timeout=min(5.0, timeout)) as agent:
+            async with open_agent(qga_socket, vm=name, timeout=min(5.0, timeout)) as agent:
                 await agent.execute("guest-ping")
             return
         except CprError:
@@ -676,7 +690,7 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
         await asyncio.to_thread(verify_state_file, manifest)
     child = await asyncio.to_thread(launch, manifest, state_dir, launch_mode, unit) if existing is None else None
     async with contextlib.AsyncExitStack() as stack:
-        session = await _wait_for_qmp(manifest, child, state_dir, timeout, stack)
+        session = await wait_for_qmp(name, manifest.qmp_socket, child, state_dir, timeout, stack)
         pid = session.pid
         await _set_migration(session, manifest.capabilities, manifest.parameters)
         await session.execute("migrate-incoming", {"uri": f"file:{manifest.state_file}"})
@@ -685,7 +699,7 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
         except CprError as exc:
             with contextlib.suppress(CprError):
                 await session.execute("quit")
-            if child is not None and await _wait_exit(child.pid, 1.0) and child.poll() not in (None, 0):
+            if child is not None and await wait_exit(child.pid, 1.0) and child.poll() not in (None, 0):
                 # QEMU exits on a state it cannot load; its own words say why.
                 raise CprError(f"the new QEMU exited while loading the state (status {child.returncode}): "
                                f"{_log_tail(state_dir, name)}", name, hint="the state file and manifest are kept; "
@@ -712,7 +726,7 @@ async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str
         raise CprError(f"after the restore the VM is {state}, not {expected} as before the save", manifest.name,
                        hint="the state file and manifest are kept; inspect the VM")
     if manifest.agent_answered and state == "running" and manifest.qga_socket:
-        await _wait_agent(manifest, timeout)
+        await wait_agent(manifest.name, manifest.qga_socket, timeout)
     downtime = time.time() - manifest.paused_at
     if not keep_state:
         await asyncio.to_thread(remove_saved, state_dir, manifest.name)
@@ -748,12 +762,17 @@ def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = N
                                            verify_checksum, running))
     errors = [r for r in results if isinstance(r, BaseException)]
     done = [r.to_dict() for r in results if isinstance(r, RestoreResult)]
-    if len(errors) == 1 and not done:
-        raise errors[0]
     if errors:
+        failed = [{"name": m.name, "msg": str(e)} for m, e in zip(manifests, results) if isinstance(e, BaseException)]
+        detail = {"changed": bool(done), "vms": done, "errors": failed,
+                  "would_restore": [m.name for m in manifests]}
+        if len(errors) == 1 and not done and isinstance(errors[0], CprError):
+            errors[0].result = detail
+            raise errors[0]
         raise CprError("; ".join(str(e) for e in errors)
                        + (f". Restored: {', '.join(r['name'] for r in done)}" if done else ""),
-                       hint="the state files and manifests of the failed VMs are kept: fix the cause and run again")
+                       hint="the state files and manifests of the failed VMs are kept: fix the cause and run again",
+                       result=detail)
     return {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": [m.name for m in manifests]}
 
 

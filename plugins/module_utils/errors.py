@@ -9,16 +9,22 @@ operator can do about it, so a module can show ``str(error)`` as it is.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 
 class CprError(Exception):
-    """Base class: an error an operator can act on."""
+    """Base class: an error an operator can act on.
 
-    def __init__(self, message: str, vm: Optional[str] = None, hint: Optional[str] = None) -> None:
+    result holds what a call that failed for some VMs did for the others
+    (a module returns it beside msg).
+    """
+
+    def __init__(self, message: str, vm: Optional[str] = None, hint: Optional[str] = None,
+                 result: Optional[Dict[str, Any]] = None) -> None:
         self.message = message
         self.vm = vm
         self.hint = hint
+        self.result = result or {}
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -46,5 +46,5 @@ def run(module: AnsibleModule, action: Callable[[], Dict[str, Any]]) -> None:
     try:
         result = action()
     except CprError as exc:
-        module.fail_json(msg=str(exc), vm=exc.vm)
+        module.fail_json(msg=str(exc), vm=exc.vm, **exc.result)
     module.exit_json(**result)

@@ -90,7 +90,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 vms:
-  description: One entry per VM restored (or checked) by this call.
+  description:
+    - One entry per VM restored (or checked) by this call.
+    - When some VMs fail, the module fails and this still lists the VMs that were restored.
   returned: always
   type: list
   elements: dict
@@ -122,6 +124,20 @@ would_restore:
   returned: always
   type: list
   elements: str
+errors:
+  description:
+    - One entry per VM that could not be restored; its state file and manifest are kept.
+  returned: when the module fails because some VMs could not be restored
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+    msg:
+      description: Why, and what to do.
+      type: str
+  sample: [{"name": "web1", "msg": "VM web1: the new QEMU exited with status 1: ..."}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

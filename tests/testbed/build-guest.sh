@@ -143,6 +143,7 @@ printf '%s\n' "${load_order[@]}" > "$root/lib/modules/load-order"
 install -m 0755 "$HERE/guest/init" "$root/init"
 install -m 0755 "$HERE/guest/pm-is-supported" "$root/usr/sbin/pm-is-supported"
 install -m 0755 "$HERE/guest/pm-suspend" "$root/usr/sbin/pm-suspend"
+install -m 0755 "$HERE/guest/shutdown" "$root/sbin/shutdown"
 
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -6 > initrd.img
 cp "$(find kernel -path "*/boot/vmlinuz-$kver")" vmlinuz
