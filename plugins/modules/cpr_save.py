@@ -93,7 +93,7 @@ attributes:
 notes:
   - Idempotent. A VM whose manifest exists and whose QEMU is gone was saved by an earlier run and is reported unchanged.
     So is one whose new QEMU a restore started and did not finish (an interrupted run), when no reboot can end it
-    after its state was loaded (the QEMU still waits for its state, or O(reboot=none)): M(hypervisor.cpr.cpr_restore)
+    after its state was loaded (the QEMU still waits for its state, or O(reboot=none)); M(hypervisor.cpr.cpr_restore)
     finishes it.
   - The blackout of a VM starts at RV(vms[].paused_at); M(hypervisor.cpr.cpr_restore) reports the whole downtime.
 seealso:
