@@ -40,6 +40,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CprError,
     NotAnsweringError,
     NotReadyError,
+    raise_failures,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     Manifest,
@@ -760,20 +761,11 @@ def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = N
     with host_lock(state_dir):
         results = asyncio.run(_restore_all(manifests, state_dir, timeout, keep_state, launch_mode, unit,
                                            verify_checksum, running))
-    errors = [r for r in results if isinstance(r, BaseException)]
     done = [r.to_dict() for r in results if isinstance(r, RestoreResult)]
-    if errors:
-        failed = [{"name": m.name, "msg": str(e)} for m, e in zip(manifests, results) if isinstance(e, BaseException)]
-        detail = {"changed": bool(done), "vms": done, "errors": failed,
-                  "would_restore": [m.name for m in manifests]}
-        if len(errors) == 1 and not done and isinstance(errors[0], CprError):
-            errors[0].result = detail
-            raise errors[0]
-        raise CprError("; ".join(str(e) for e in errors)
-                       + (f". Restored: {', '.join(r['name'] for r in done)}" if done else ""),
-                       hint="the state files and manifests of the failed VMs are kept: fix the cause and run again",
-                       result=detail)
-    return {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": [m.name for m in manifests]}
+    detail = {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": [m.name for m in manifests]}
+    raise_failures([m.name for m in manifests], results, detail, "Restored",
+                   "the state files and manifests of the failed VMs are kept: fix the cause and run again")
+    return detail
 
 
 async def _restore_all(manifests: List[Manifest], state_dir: str, timeout: float, keep_state: bool, launch_mode: str,

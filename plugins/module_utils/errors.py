@@ -9,7 +9,7 @@ operator can do about it, so a module can show ``str(error)`` as it is.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 class CprError(Exception):
@@ -68,3 +68,20 @@ class QemuTooOldError(CprError):
 
 class NotReadyError(CprError):
     """A VM cannot take part in a checkpoint and restart, with every reason."""
+
+
+def raise_failures(names: List[str], results: List[Any], detail: Dict[str, Any], done_label: str, hint: str) -> None:
+    """One error for the VMs of a concurrent call that failed (results holds their exceptions, in names' order).
+
+    detail, what the call did for the others, travels with it, plus one entry per failed VM under errors.
+    """
+    failed = [(name, result) for name, result in zip(names, results) if isinstance(result, BaseException)]
+    if not failed:
+        return
+    detail = dict(detail, errors=[{"name": name, "msg": str(error)} for name, error in failed])
+    done = [vm["name"] for vm in detail.get("vms", [])]
+    if len(failed) == 1 and not done and isinstance(failed[0][1], CprError):
+        failed[0][1].result = detail
+        raise failed[0][1]
+    raise CprError("; ".join(str(failure[1]) for failure in failed) + (f". {done_label}: {', '.join(done)}" if done else ""),
+                   hint=hint, result=detail)

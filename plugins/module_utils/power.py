@@ -42,6 +42,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CprError,
     NotAnsweringError,
     NotReadyError,
+    raise_failures,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     check_name,
@@ -226,18 +227,11 @@ def _remove(state_dir: str, name: str) -> None:
 
 
 def _report(unchanged: List[PowerResult], results: List[Any], planned: List[str], what: str) -> Dict[str, Any]:
-    errors = [r for r in results if isinstance(r, BaseException)]
     done = [asdict(r) for r in unchanged + [r for r in results if isinstance(r, PowerResult)]]
     detail = {"changed": any(r["changed"] for r in done), "vms": done, "would_change": planned}
-    if not errors:
-        return detail
-    detail["errors"] = [{"name": n, "msg": str(e)} for n, e in zip(planned, results) if isinstance(e, BaseException)]
-    if len(errors) == 1 and not done and isinstance(errors[0], CprError):
-        errors[0].result = detail
-        raise errors[0]
-    raise CprError("; ".join(str(e) for e in errors)
-                   + (f". Done: {', '.join(r['name'] for r in done)}" if done else ""),
-                   hint=f"the VMs that were not {what} are named above; fix the cause and run again", result=detail)
+    raise_failures(planned, results, detail, "Done",
+                   f"the VMs that were not {what} are named above; fix the cause and run again")
+    return detail
 
 
 # --------------------------------------------------------------------------- start
