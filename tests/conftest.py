@@ -1,5 +1,6 @@
-"""Shared fixtures: the collection on sys.path, hand-started QEMUs, and test-bed VMs."""
+"""Shared fixtures: the collection on sys.path, hand-started QEMUs, test-bed VMs, and the fault campaign's table."""
 
+import json
 import os
 import shutil
 import signal
@@ -75,3 +76,38 @@ def vm_dir():
     yield workdir
     testbed.kill_all(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# The fault campaign: one row per injected fault, from tests/faults (the engine) and tests/integration (the role
+# and the rolling playbook), printed as one table at the end of the run and written to tests/output/faults.json.
+CAMPAIGN_ROWS = []
+CAMPAIGN_COLUMNS = ("fault", "injected at", "outcome", "VMs lost", "state files lost", "re-run finished")
+
+
+@pytest.fixture
+def campaign():
+    """record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished) adds a row.
+
+    rerun_finished: True when a real re-run finished the job, False when it could not, None when no re-run is
+    possible here (say why in the outcome).
+    """
+
+    def record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished):
+        rerun = {True: "yes", False: "no", None: "n/a"}[rerun_finished]
+        CAMPAIGN_ROWS.append(dict(zip(CAMPAIGN_COLUMNS, (fault, injected_at, outcome, vms_lost, files_lost, rerun))))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not CAMPAIGN_ROWS:
+        return
+    header = dict(zip(CAMPAIGN_COLUMNS, CAMPAIGN_COLUMNS))
+    widths = [max(len(str(row[c])) for row in CAMPAIGN_ROWS + [header]) for c in CAMPAIGN_COLUMNS]
+    terminalreporter.section("fault campaign")
+    for row in [header] + CAMPAIGN_ROWS:
+        terminalreporter.write_line(" | ".join(str(row[c]).ljust(w) for c, w in zip(CAMPAIGN_COLUMNS, widths)))
+    output = os.path.join(REPO_ROOT, "tests", "output", "faults.json")
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        json.dump(CAMPAIGN_ROWS, handle, indent=2)
