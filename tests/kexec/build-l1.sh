@@ -8,8 +8,9 @@
 #   tests/kexec/build-l1.sh [OUTDIR]
 #
 # OUTDIR defaults to ${HYPERVISOR_CPR_CACHE:-~/.cache/hypervisor-cpr}/kexec-l1.
-# Kernels: KEXEC_OLD_KERNEL (default 6.1.0-47-amd64) and KEXEC_NEW_KERNEL
-# (default: the one linux-image-amd64 depends on, e.g. 6.1.0-56-amd64), both
+# Kernels: KEXEC_OLD_KERNEL (default 6.1.0-47-amd64, or the oldest of the new
+# one's series apt still has) and KEXEC_NEW_KERNEL (default: the one
+# linux-image-amd64 depends on, e.g. 6.1.0-56-amd64), both
 # from the host's apt sources with `apt-get download` (nothing is installed).
 # Nothing is rebuilt while the stamp (script, l1/ and kernel names) matches.
 # Run as root on Debian 12 (amd64); the L1 hosts run this machine's own
@@ -21,7 +22,7 @@ REPO_ROOT=$(cd "$HERE/../.." && pwd)
 VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
 CACHE=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}
 OUTDIR=$(realpath -m "${1:-$CACHE/kexec-l1}")
-OLD=${KEXEC_OLD_KERNEL:-6.1.0-47-amd64}
+OLD=${KEXEC_OLD_KERNEL:-}
 NEW=${KEXEC_NEW_KERNEL:-}
 # Modules the initramfs loads, in this order, with their dependencies: PCI
 # virtio, the 9p root, the overlay, the state disk (ext4 on virtio-blk), the
@@ -34,6 +35,24 @@ die() { echo "build-l1.sh: $*" >&2; exit 1; }
 if [ -z "$NEW" ]; then
     NEW=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {sub("linux-image-", "", $2); print $2; exit}')
     [ -n "$NEW" ] || die "cannot tell which kernel linux-image-amd64 depends on; set KEXEC_NEW_KERNEL"
+fi
+# Whether apt can download this kernel (it has a candidate version of it).
+downloadable() { apt-cache policy "linux-image-$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" {ok = 1} END {exit !ok}'; }
+if [ -z "$OLD" ]; then
+    # 6.1.0-47-amd64 while the archive has it (docs/kexec-scenario.md shows runs
+    # with it); else, as Debian drops old kernel ABIs at point releases, the
+    # oldest kernel of the new one's series that it still has.
+    OLD=6.1.0-47-amd64
+    if ! downloadable "$OLD"; then
+        series=$(echo "$NEW" | cut -d. -f1,2)
+        mapfile -t kernels < <(apt-cache pkgnames "linux-image-$series." | sed -n 's/^linux-image-//p' \
+            | grep -E '^[0-9]+\.[0-9]+\.[0-9]+(-[0-9]+|\+deb[0-9][^-]*)-amd64$' | sort -V)
+        OLD=
+        for kernel in "${kernels[@]}"; do
+            if [ "$kernel" != "$NEW" ] && downloadable "$kernel"; then OLD=$kernel; break; fi
+        done
+        [ -n "$OLD" ] || die "apt has no kernel of the $series series but $NEW; set KEXEC_OLD_KERNEL"
+    fi
 fi
 [ "$OLD" != "$NEW" ] || die "old and new kernel are both $OLD"
 if [ "$(printf '%s\n%s\n' "$OLD" "$NEW" | sort -V | tail -n1)" != "$NEW" ]; then
