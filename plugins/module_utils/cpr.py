@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
     VmEndpoint,
@@ -406,16 +406,43 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
         return result
 
 
-def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint]) -> List[SaveResult]:
-    """Manifests whose QEMU is gone: the save of an earlier run, unchanged now."""
+def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint],
+                   restoring: Set[str]) -> List[SaveResult]:
+    """Manifests whose QEMU is gone, or being restored: the save of an earlier run, unchanged now."""
     results = []
     for name in names:
-        if name in running or not os.path.exists(manifest_path(state_dir, name)):
+        if (name in running and name not in restoring) or not os.path.exists(manifest_path(state_dir, name)):
             continue
         manifest = read_manifest(manifest_path(state_dir, name))
         results.append(SaveResult(name, False, manifest.state_file, manifest.state_bytes, manifest.ram_in_place,
                                   manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at, 0.0, True))
     return results
+
+
+def _restores_started(state_dir: str, names: List[str], running: Dict[str, VmEndpoint], reboot: str) -> Set[str]:
+    """VMs with a manifest whose QEMU a restore started, when an earlier run stopped before it finished.
+
+    To a save they are still saved, as long as no reboot can end them after their state was loaded: a QEMU
+    still waiting for its state (inmigrate) loses nothing in a reboot, and with reboot none there is no
+    reboot. cpr_restore finishes them. The QEMU that was saved and not told to quit (postmigrate), or one
+    that runs its guest again before a reboot, is not.
+    """
+    endpoints = [running[n] for n in names if n in running and os.path.exists(manifest_path(state_dir, n))]
+    if not endpoints:
+        return set()
+
+    async def state_of(endpoint: VmEndpoint) -> Tuple[str, Optional[str]]:
+        try:
+            async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=CONNECT_TIMEOUT) as session:
+                return endpoint.name, await runstate(session)
+        except CprError:
+            return endpoint.name, None
+
+    async def states() -> List[Tuple[str, Optional[str]]]:
+        return list(await asyncio.gather(*(state_of(e) for e in endpoints)))
+
+    return {name for name, state in asyncio.run(states())
+            if state == "inmigrate" or (reboot == "none" and state not in (None, "postmigrate"))}
 
 
 def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None, query: Optional[str] = None,
@@ -428,7 +455,8 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
         ensure_state_dir(state_dir, create=not check_mode)
     found = explicit_endpoints(vms) if vms else discover()
     running = {e.name: e for e in found}
-    earlier = _already_saved(state_dir, names or [m.name for m in list_manifests(state_dir)], running)
+    saved_names = names or [m.name for m in list_manifests(state_dir)]
+    earlier = _already_saved(state_dir, saved_names, running, _restores_started(state_dir, saved_names, running, reboot))
     wanted = [n for n in (names or running) if n not in {r.name for r in earlier}]
     check_unique_names([e for e in found if e.name in wanted])
     selected_endpoints = select_by_name(found, wanted) if wanted else []
