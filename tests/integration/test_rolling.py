@@ -10,7 +10,8 @@ replacing it on disk, which makes every QEMU run deleted code: exactly what
 the role looks for with reboot method none.
 
 Every restart is checked the hard way: the random marker in guest RAM is
-identical and the guest's counter went on.
+identical and the guest's counter went on. The tests that inject a fault add
+a row to the fault campaign's table (tests/conftest.py).
 
 The tests share one fleet and run in file order; each leaves every VM
 running and no state behind.
@@ -27,6 +28,10 @@ import time
 
 import pytest
 import testbed
+from qemu.qmp import QMPError
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import list_manifests, verify_state_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(REPO_ROOT, "playbooks", "rolling_kernel_update.yml")
@@ -84,9 +89,10 @@ class Fleet:
         shutil.copy2(self.qemu, fresh)
         os.replace(fresh, self.qemu)
 
-    def command(self, *extra):
-        # A run id of our own per run, to find its report; a new one each time, as a new run gets.
-        self.run_id = f"test{self.runs}"
+    def command(self, *extra, run_id=None):
+        # A run id of our own per run, to find its report; a new one each time, as a new run gets, unless
+        # a run is to finish an earlier one (whose run lock it then takes again).
+        self.run_id = run_id or f"test{self.runs}"
         return [ANSIBLE_PLAYBOOK, "-i", self.inventory, PLAYBOOK, "-e", f"kernel_update_run_id={self.run_id}",
                 "-e", f"rolling_report_dir={self.reports}", *extra]
 
@@ -106,11 +112,11 @@ class Fleet:
         self.runs += 1
         return os.path.join(self.workdir, f"run-{self.runs}.log")
 
-    def play(self, *extra, timeout=300):
+    def play(self, *extra, timeout=300, run_id=None):
         """Run the rolling playbook; return (exit code, output, recap by host)."""
         path = self.log_path()
         with open(path, "w", encoding="utf-8") as log:
-            done = subprocess.run(self.command(*extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+            done = subprocess.run(self.command(*extra, run_id=run_id), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                   cwd=self.workdir, timeout=timeout, check=False)
         with open(path, encoding="utf-8") as log:
             output = log.read()
@@ -166,14 +172,18 @@ def fleet():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _kill_tree(process):
+def _kill_tree(process, spare=None):
     """SIGKILL a process and everything under it, as a crash of the controller would.
 
     ansible-playbook (ansible-core 2.19) runs the playbook in a child that calls
     setsid, so killing the process group of the process we started is not enough.
+    Processes whose command line mentions spare (the QEMUs a restore started, each
+    in a session of its own) and everything under them live on, as they would on a
+    remote hypervisor when the controller dies.
     """
     groups = {os.getpgid(process.pid)}
     parents = {process.pid}
+    spared = set()
     while True:
         children = set()
         for entry in os.listdir("/proc"):
@@ -184,12 +194,16 @@ def _kill_tree(process):
                     fields = handle.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) in parents and int(entry) not in parents:
+            if int(fields[1]) in parents and int(entry) not in parents | spared:
+                if spare and _running_with(spare, [int(entry)]):
+                    spared.add(int(entry))
+                    continue
                 children.add(int(entry))
                 groups.add(int(fields[2]))
         if not children:
             break
         parents |= children
+    assert not groups & {os.getpgid(pid) for pid in spared}, "a spared process shares a group with ansible"
     for group in groups:
         try:
             os.killpg(group, signal.SIGKILL)
@@ -210,10 +224,10 @@ def _alive(pid):
         return False
 
 
-def _running_with(argument):
-    """Live processes whose command line contains this argument."""
+def _running_with(argument, pids=None):
+    """Live processes (of pids, or all) whose command line contains this argument."""
     found = []
-    for entry in os.listdir("/proc"):
+    for entry in map(str, pids) if pids else os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 argv = handle.read().decode(errors="replace").split("\0")
@@ -233,6 +247,31 @@ def _assert_survived(fleet_, before, hosts=None):
             assert vm.marker() == marker, f"{vm.name}: guest RAM changed"
             assert vm.counter() >= counter, f"{vm.name}: the counter went back"
             assert vm.agent("guest-ping") == {}
+
+
+def _losses(fleet_, before, hosts):
+    """(VMs lost, state files lost) on these hosts, counted from the real VMs and state directories.
+
+    A VM is lost when no valid manifest and state file can bring it back and no QEMU runs it with its guest
+    RAM intact (the marker it made at boot, its counter not gone back); a state file is lost when its
+    manifest remains but the file is gone or does not match it.
+    """
+    restorable, files_lost = set(), 0
+    for host in hosts:
+        for manifest in list_manifests(fleet_.state_dir(host)):
+            try:
+                verify_state_file(manifest)
+                restorable.add(manifest.name)
+            except CprError:
+                files_lost += 1
+    vms_lost = 0
+    for host in hosts:
+        for vm in fleet_.host_vms(host):
+            if vm.name in restorable:
+                continue
+            if not vm.alive() or vm.runstate() != "running" or testbed.survival_problems([vm], before):
+                vms_lost += 1
+    return vms_lost, files_lost
 
 
 def _hosts(report):
@@ -296,7 +335,7 @@ def test_rolling_update_restarts_every_vm_and_a_second_run_changes_nothing(fleet
     _assert_survived(fleet, before)
 
 
-def test_an_interrupted_run_is_finished_by_the_next(fleet):
+def test_an_interrupted_run_is_finished_by_the_next(fleet, campaign):
     before = fleet.memory()
     old_pids = fleet.pids()
     held = os.path.join(fleet.workdir, "held")
@@ -312,10 +351,11 @@ def test_an_interrupted_run_is_finished_by_the_next(fleet):
             assert time.monotonic() < deadline, "the playbook was never held"
             time.sleep(0.2)
     finally:
-        _kill_tree(run)
+        _kill_tree(run, spare=fleet.qemu)
     assert not _running_with(f"rolling_test_held_file={held}"), "every process of the killed run is gone"
     assert fleet.manifests("hv1") == ["r1a.json", "r1b.json"]
     assert not any(vm.alive() for vm in fleet.host_vms("hv1")), "hv1's VMs were saved and their QEMUs quit"
+    vms_lost, files_lost = _losses(fleet, before, HOSTS)
     assert fleet.pids(["hv2", "hv3"]) == {k: v for k, v in old_pids.items() if k in HOSTS["hv2"] + HOSTS["hv3"]}
 
     # Another run finds hv1 locked: the preflight stops the rollout before anything is touched.
@@ -339,10 +379,134 @@ def test_an_interrupted_run_is_finished_by_the_next(fleet):
     assert all(vm["saved_by_earlier_run"] for vm in entry["vms"])
     # Their downtime includes the time the run was dead.
     assert min(vm["downtime_seconds"] for vm in entry["vms"]) > 1
+    campaign("ansible-playbook killed (SIGKILL)", "role: after the save, before the reboot",
+             "next run stopped in the preflight: host locked by the killed run, named; a run taking the lock over "
+             "restored both VMs from their manifests", vms_lost, files_lost, True)
+
+
+def _wait_for(condition, what, run=None, timeout=120):
+    """Poll condition (an exception counts as not yet) while the playbook run, if any, goes on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (OSError, testbed.TestbedError, QMPError):
+            pass  # a QEMU that is still starting
+        assert run is None or run.poll() is None, f"the playbook ended before {what}"
+        assert time.monotonic() < deadline, f"never {what}"
+        time.sleep(0.05)
+
+
+def _slow_qemu(fleet_, vm, started, release):
+    """Make the fleet's QEMU binary a script that starts this VM only once release exists.
+
+    The restore of that VM then really takes as long as the test wants, in its own
+    time, with no fault injected into QEMU or the role: the new QEMU just comes up
+    late. Every other QEMU starts at once. argv[0] stays the binary's path, as
+    discovery and the manifests expect. Returns a function that puts the binary back.
+    """
+    real = fleet_.qemu + ".real"
+    shutil.copy2(fleet_.qemu, real)
+    script = fleet_.qemu + ".slow"
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write(f"""#!/bin/bash
+case " $* " in
+    *" unix:{vm.qmp_socket},"*)
+        touch {started}
+        while [ ! -e {release} ]; do sleep 0.05; done ;;
+esac
+exec -a "$0" {real} "$@"
+""")
+    os.chmod(script, 0o755)
+    os.replace(script, fleet_.qemu)
+
+    def put_back():
+        fresh = fleet_.qemu + ".new"
+        shutil.copy2(real, fresh)
+        os.replace(fresh, fleet_.qemu)
+
+    return put_back
+
+
+def test_a_run_killed_in_the_middle_of_the_restores_is_finished_by_the_next(fleet, campaign):
+    before = fleet.memory(["hv1"])
+    old_pids = fleet.pids(["hv1"])
+    r1a, r1b = fleet.host_vms("hv1")
+    started, release = os.path.join(fleet.workdir, "r1b-starting"), os.path.join(fleet.workdir, "r1b-go")
+    put_back = _slow_qemu(fleet, r1b, started, release)
+    try:
+        run = fleet.start("--limit", "hv1", "-e", "kernel_update_force=true")
+        killed_run = fleet.run_id
+        try:
+            # cpr_restore runs: r1a is back (its manifest removed), r1b's new QEMU is still starting.
+            _wait_for(lambda: os.path.exists(started) and fleet.manifests("hv1") == ["r1b.json"],
+                      "r1a was restored while r1b's QEMU starts", run)
+            assert _running_with(f"{fleet.workdir}/ansible-remote/", _running_with("AnsiballZ_cpr_restore")), \
+                "cpr_restore runs"
+        finally:
+            _kill_tree(run, spare=fleet.qemu)
+        assert not _running_with(f"{fleet.workdir}/ansible-"), "every process of the killed run is gone"
+        assert r1a.refresh_pid() != old_pids["r1a"] and r1a.runstate() == "running"
+        assert r1b.refresh_pid() is None, "r1b's new QEMU has not started yet"
+        vms_lost, files_lost = _losses(fleet, before, ["hv1"])
+    finally:
+        put_back()
+        with open(release, "w", encoding="utf-8"):
+            pass
+    # The new QEMU comes up in its own time and waits for a state to load.
+    _wait_for(lambda: r1b.alive() and r1b.runstate() == "inmigrate", "r1b's QEMU was up", timeout=60)
+
+    # Running again with the killed run's id (as the lock's message says) finishes the restore.
+    code, output, recap = fleet.play("--limit", "hv1", run_id=killed_run)
+    assert code == 0, _explain(output)
+    assert recap["hv1"]["changed"] > 0 and recap["hv1"]["failed"] == 0, recap
+    _assert_survived(fleet, before, ["hv1"])
+    assert fleet.manifests("hv1") == []
+    assert not os.path.exists(os.path.join(fleet.state_dir("hv1"), ".hypervisor-cpr.run")), "lock released"
+    entry = _hosts(fleet.report())["hv1"]
+    assert entry["status"] == "updated", entry
+    assert [vm["name"] for vm in entry["vms"] if vm["saved_by_earlier_run"]] == ["r1b"], entry["vms"]
+    campaign("ansible-playbook killed (SIGKILL)", "role: in the middle of the restores (1 of 2 VMs back)",
+             "the VM back stays; the other's state file, manifest and starting QEMU are kept; a re-run with the "
+             "killed run's id loaded its state", vms_lost, files_lost, True)
+
+
+def test_a_run_killed_after_the_verify_is_finished_by_the_next(fleet, campaign):
+    before = fleet.memory(["hv1"])
+    old_pids = fleet.pids(["hv1"])
+    held = os.path.join(fleet.workdir, "held-after-verify")
+    # Hold the run in kernel_update_post_tasks, after the verify and before the report, then kill it there.
+    run = fleet.start("--limit", "hv1", "-e", "kernel_update_force=true",
+                      "-e", json.dumps({"kernel_update_post_tasks": [os.path.join(HOOKS, "hold.yml")]}),
+                      "-e", f"rolling_test_held_file={held}",
+                      "-e", f"rolling_test_release_file={os.path.join(fleet.workdir, 'never')}")
+    killed_run = fleet.run_id
+    try:
+        _wait_for(lambda: os.path.exists(held), "the playbook was held", run)
+    finally:
+        _kill_tree(run, spare=fleet.qemu)
+    assert not _running_with(f"rolling_test_held_file={held}"), "every process of the killed run is gone"
+    assert all(pid != old_pids[name] for name, pid in fleet.pids(["hv1"]).items()), "hv1's VMs were restarted"
+    assert fleet.manifests("hv1") == []
+    assert os.path.exists(os.path.join(fleet.state_dir("hv1"), ".hypervisor-cpr.run")), "the run lock stays"
+    vms_lost, files_lost = _losses(fleet, before, ["hv1"])
+
+    new_pids = fleet.pids(["hv1"])
+    code, output, recap = fleet.play("--limit", "hv1", run_id=killed_run)
+    assert code == 0, _explain(output)
+    assert recap["hv1"]["changed"] == 0 and recap["hv1"]["failed"] == 0, recap
+    assert fleet.pids(["hv1"]) == new_pids
+    _assert_survived(fleet, before, ["hv1"])
+    assert not os.path.exists(os.path.join(fleet.state_dir("hv1"), ".hypervisor-cpr.run")), "lock released"
+    assert _hosts(fleet.report())["hv1"]["status"] == "unchanged"
+    campaign("ansible-playbook killed (SIGKILL)", "role: after the restore and verify, before the report",
+             "VMs already back; the run lock stays until a re-run with the killed run's id finds nothing left to do",
+             vms_lost, files_lost, True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
-def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(fleet):
+def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(fleet, campaign):
     before = fleet.memory()
     old_pids = fleet.pids()
     state_dir = fleet.state_dir("hv2")
@@ -372,9 +536,20 @@ def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(
     assert "the save needs about 64 MiB" in hosts["hv2"]["error"]
     assert report["stopped"].startswith("1 of 1 hosts of a batch failed (hv2)")
     assert not report["complete"]
+    vms_lost, files_lost = _losses(fleet, before, HOSTS)
+
+    # With the space back (the tmpfs is gone), the same run without the ballast updates hv2.
+    code, output, recap = fleet.play("--limit", "hv2", "-e", "kernel_update_force=true")
+    assert code == 0, _explain(output)
+    assert all(pid != old_pids[name] for name, pid in fleet.pids(["hv2"]).items())
+    _assert_survived(fleet, before, ["hv2"])
+    assert _hosts(fleet.report())["hv2"]["status"] == "updated"
+    campaign("disk full (role)", "role: state directory filled after the preflight passed",
+             "the save refused with the space it needs, before any VM stopped; the rollout stopped there",
+             vms_lost, files_lost, True)
 
 
-def test_a_failure_inside_the_blackout_restores_every_vm(fleet):
+def test_a_failure_inside_the_blackout_restores_every_vm(fleet, campaign):
     before = fleet.memory()
     old_pids = fleet.pids()
     code, output, recap = fleet.play(
@@ -395,15 +570,47 @@ def test_a_failure_inside_the_blackout_restores_every_vm(fleet):
     assert [hosts[h]["status"] for h in ("hv1", "hv2", "hv3")] == ["failed", "updated", "not_started"]
     assert hosts["hv1"]["phase"] == "pre_reboot" and hosts["hv1"]["still_saved"] == []
     assert "the test fails the run here" in hosts["hv1"]["error"]
+    vms_lost, files_lost = _losses(fleet, before, HOSTS)
+
+    # The same run without the failing task updates hv1.
+    restored_pids = fleet.pids(["hv1"])
+    code, output, recap = fleet.play("--limit", "hv1", "-e", "kernel_update_force=true")
+    assert code == 0, _explain(output)
+    assert all(pid != restored_pids[name] for name, pid in fleet.pids(["hv1"]).items())
+    _assert_survived(fleet, before, ["hv1"])
+    assert _hosts(fleet.report())["hv1"]["status"] == "updated"
+    campaign("a task fails inside the blackout", "role: after the save, before the reboot (a pre_reboot task)",
+             "the role's rescue restored every VM of the host as it was; the error names the task; rollout stopped",
+             vms_lost, files_lost, True)
 
 
-def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothing(fleet):
+def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet, campaign):
+    missing = os.path.join(fleet.workdir, "vmlinuz-9.9.9-missing")
+    before = fleet.memory(["hv3"])
+    old_pids = fleet.pids(["hv3"])
+    code, output, recap = fleet.play("--limit", "hv3", "-e", "kernel_update_reboot_method=kexec",
+                                     "-e", f"kernel_update_kernel={missing}")
+    assert code != 0, _explain(output)
+    assert list(recap) == ["hv3"] and recap["hv3"]["failed"] == 1, recap
+    assert f"The kernel image {missing} does not exist" in output
+    assert fleet.pids(["hv3"]) == old_pids
+    assert fleet.manifests("hv3") == []
+    report = fleet.report()
+    assert _hosts(report)["hv3"]["status"] == "preflight_failed" and report["stopped"].startswith("preflight")
+    # A re-run would kexec this machine, the one that runs the tests: it is left to the kexec lab (tests/kexec).
+    campaign("target kernel missing", "preflight (kernel_update_kernel names no file)",
+             "refused in the preflight naming the file; no VM touched (re-run: kexec lab)",
+             *_losses(fleet, before, ["hv3"]), None)
+
+
+def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothing(fleet, campaign):
     """The kexec path up to the point of no return, on one host picked with --limit."""
     kernel = os.path.join(fleet.workdir, "vmlinuz-9.9.9-test")
     initrd = os.path.join(fleet.workdir, "initrd.img-9.9.9-test")
     for path in (kernel, initrd):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write("not a kernel\n")
+    before = fleet.memory(["hv3"])
     old_pids = fleet.pids(["hv3"])
     code, output, recap = fleet.play("--limit", "hv3", "-e", "kernel_update_reboot_method=kexec",
                                      "-e", f"kernel_update_kernel={kernel}", "-e", f"kernel_update_initrd={initrd}")
@@ -416,6 +623,9 @@ def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothi
     entry = _hosts(fleet.report())["hv3"]
     assert entry["status"] == "failed" and entry["phase"] == "prepare" and entry["vms"] == []
     assert entry["kernel_target"] == "9.9.9-test" and entry["planned_vms"] == ["r3a"]
+    campaign("target kernel not loadable by kexec", "role: kexec --load, before any VM stops",
+             "failed naming the kernel and kexec's words; no VM touched (re-run: kexec lab)",
+             *_losses(fleet, before, ["hv3"]), None)
 
 
 def test_a_vm_that_cannot_be_saved_is_shut_down_and_started_again(fleet):
