@@ -419,17 +419,18 @@ def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoi
     return results
 
 
-def _restores_started(state_dir: str, names: List[str], running: Dict[str, VmEndpoint], reboot: str) -> Set[str]:
-    """VMs with a manifest whose QEMU a restore started, when an earlier run stopped before it finished.
+def _runstates_beside_manifests(state_dir: str, names: List[str],
+                                running: Dict[str, VmEndpoint]) -> Dict[str, Optional[str]]:
+    """The runstate of every running VM that has a manifest: an earlier run stopped before it finished.
 
-    To a save they are still saved, as long as no reboot can end them after their state was loaded: a QEMU
-    still waiting for its state (inmigrate) loses nothing in a reboot, and with reboot none there is no
-    reboot. cpr_restore finishes them. The QEMU that was saved and not told to quit (postmigrate), or one
-    that runs its guest again before a reboot, is not.
+    A QEMU a restore started and still waiting for its state (inmigrate) loses nothing in a reboot, and with
+    reboot none there is no reboot: to a save such a VM is still saved, and cpr_restore finishes it. The QEMU
+    that was saved and not yet told to quit waits in postmigrate, its state sealed: the save only has to quit
+    it. One that runs its guest again before a reboot is neither.
     """
     endpoints = [running[n] for n in names if n in running and os.path.exists(manifest_path(state_dir, n))]
     if not endpoints:
-        return set()
+        return {}
 
     async def state_of(endpoint: VmEndpoint) -> Tuple[str, Optional[str]]:
         try:
@@ -441,8 +442,14 @@ def _restores_started(state_dir: str, names: List[str], running: Dict[str, VmEnd
     async def states() -> List[Tuple[str, Optional[str]]]:
         return list(await asyncio.gather(*(state_of(e) for e in endpoints)))
 
-    return {name for name, state in asyncio.run(states())
-            if state == "inmigrate" or (reboot == "none" and state not in (None, "postmigrate"))}
+    return dict(asyncio.run(states()))
+
+
+async def _quit_saved(endpoints: List[VmEndpoint]) -> None:
+    """Quit QEMUs whose save completed and was sealed, when an earlier run stopped before it quit them."""
+    for endpoint in endpoints:
+        async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=CONNECT_TIMEOUT) as session:
+            await quit_qemu(session, session.pid or endpoint.pid, CONNECT_TIMEOUT)
 
 
 def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None, query: Optional[str] = None,
@@ -456,7 +463,17 @@ def save(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] 
     found = explicit_endpoints(vms) if vms else discover()
     running = {e.name: e for e in found}
     saved_names = names or [m.name for m in list_manifests(state_dir)]
-    earlier = _already_saved(state_dir, saved_names, running, _restores_started(state_dir, saved_names, running, reboot))
+    states = _runstates_beside_manifests(state_dir, saved_names, running)
+    restoring = {n for n, state in states.items()
+                 if state == "inmigrate" or (reboot == "none" and state not in (None, "postmigrate"))}
+    earlier = _already_saved(state_dir, saved_names, running, restoring)
+    unquit = [running[n] for n, state in states.items() if state == "postmigrate" and quit_after]
+    if unquit:
+        if not check_mode:
+            asyncio.run(_quit_saved(unquit))
+        for result in _already_saved(state_dir, [e.name for e in unquit], {}, set()):
+            result.changed, result.quit = True, not check_mode
+            earlier.append(result)
     wanted = [n for n in (names or running) if n not in {r.name for r in earlier}]
     check_unique_names([e for e in found if e.name in wanted])
     selected_endpoints = select_by_name(found, wanted) if wanted else []

@@ -102,6 +102,22 @@ def test_mapped_ram_then_one_stream_on_the_same_qemu(vm_dir):
         _assert_survived(vms, before)
 
 
+def test_a_save_finishes_one_that_stopped_before_quitting(vm_dir):
+    """A run that died between sealing the manifest and quitting QEMU leaves it in postmigrate: the next save quits it."""
+    vms = testbed.boot_vms(vm_dir, names=["unquit"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60, quit_after=False)
+    assert vms[0].runstate() == "postmigrate"
+    planned = cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60, check_mode=True)
+    assert planned["changed"] and vms[0].alive()
+    again = cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60)
+    [entry] = again["vms"]
+    assert entry["changed"] and entry["quit"] and not vms[0].alive()
+    cpr.restore(state_dir=state_dir, timeout=60)
+    _assert_survived(vms, before)
+
+
 def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"])
     before = _memory(vms)
