@@ -592,7 +592,7 @@ def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet, ca
                                      "-e", f"kernel_update_kernel={missing}")
     assert code != 0, _explain(output)
     assert list(recap) == ["hv3"] and recap["hv3"]["failed"] == 1, recap
-    assert f"The kernel image {missing} does not exist" in output
+    assert f"The kernel image {missing} does not exist on hv3. Install it" in output
     assert fleet.pids(["hv3"]) == old_pids
     assert fleet.manifests("hv3") == []
     report = fleet.report()
