@@ -46,7 +46,6 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
-HERE = Path(__file__).resolve().parent
 QEMU = "/usr/bin/qemu-system-x86_64"
 # Where build-l1.sh puts the pattern program and the test-bed guest in the L1.
 L1_LIB = Path(os.environ.get("KEXEC_L1_LIB", "/usr/lib/kexec-l1"))

@@ -38,15 +38,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 BUILD = HERE / "build-l1.sh"
 CACHE = Path(os.environ.get("HYPERVISOR_CPR_CACHE") or
              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hypervisor-cpr")
 IMAGE = CACHE / "kexec-l1"
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-# In the L1 host, this checkout is where it is on this machine (the root file
-# system is shared), so l2.py runs from there.
-L2_SCRIPT = HERE / "l2.py"
+# The L1 host runs l2.py from its configuration share (mounted at
+# /run/kexec-l1/cfg), not from this checkout: the checkout may lie under /tmp
+# or /root, which the L1 host covers with tmpfs mounts of its own.
+L2_SOURCE = HERE / "l2.py"
+L2_SCRIPT = "/run/kexec-l1/cfg/l2.py"
 GUEST_DIR = "/srv/pmem/vms"
 # Kernel command line of the L1 hosts: reused as is by `kexec --reuse-cmdline`,
 # so the new kernel finds its persistent memory at the same place.
@@ -257,6 +258,7 @@ def cmd_up(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kexec-lab", "-f", str(key)],
                            check=True, stdin=subprocess.DEVNULL)
     shutil.copyfile(workdir / "id_ed25519.pub", workdir / "cfg" / "authorized_keys")
+    shutil.copyfile(L2_SOURCE, workdir / "cfg" / "l2.py")
 
     guests = args.guest or []
     lab: dict[str, Any] = {"workdir": str(workdir), "old_kernel": ver["old"], "new_kernel": ver["new"],
