@@ -19,6 +19,7 @@ running and no state behind.
 
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -597,6 +598,7 @@ def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet, ca
     assert fleet.manifests("hv3") == []
     report = fleet.report()
     assert _hosts(report)["hv3"]["status"] == "preflight_failed" and report["stopped"].startswith("preflight")
+    assert _hosts(report)["hv3"]["kernel_before"] == platform.release()
     # A re-run would kexec this machine, the one that runs the tests: it is left to the kexec lab (tests/kexec).
     campaign("target kernel missing", "preflight (kernel_update_kernel names no file)",
              "refused in the preflight naming the file; no VM touched (re-run: kexec lab)",
