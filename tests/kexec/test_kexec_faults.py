@@ -10,6 +10,10 @@ under TCG takes minutes) and needs root, QEMU 10 and kexec-tools, so it runs onl
    stops; a re-run with the right release finds nothing left to do.
 2. ansible-playbook is killed (SIGKILL, its whole process tree) right after the kexec, while the role waits
    for the host: the VMs stay saved; a re-run with the killed run's id restores them from their manifests.
+3. ansible-playbook is killed right after `kexec --load` (as soon as /sys/kernel/kexec_loaded says 1), before
+   the save. The controller may already have started the save on the host, which then finishes without it:
+   the test waits until no module runs there and accepts either outcome, both VMs untouched or both saved
+   with manifests and state files; a re-run with the killed run's id kexecs the host and restores them.
 The rows land in the fault campaign table (tests/conftest.py, tests/output/faults.json).
 """
 
@@ -271,3 +275,60 @@ def test_a_run_killed_after_the_kexec_is_finished_by_a_rerun_with_its_id(lab, ca
              f"both VMs stay saved on the kernel it kexec'd into, manifests and state files kept; a re-run with the killed run's "
              f"id restored them, RAM identical, without a second kexec ({seconds:.0f} s)",
              vms_lost, files_lost, True)
+
+
+def _modules_running(lab):
+    """Ansible modules still running on the host (pipelined: `/bin/sh -c '/usr/bin/python3 && sleep 0'`)."""
+    return int(lab.ssh("ps -eo args | grep -c -e '[A]nsiballZ' -e '[s]leep 0' || true").strip() or 0)
+
+
+def test_a_run_killed_after_kexec_load_is_finished_by_a_rerun_with_its_id(lab, campaign):
+    kernel_before, boot_before = lab.facts()
+    target = lab.info["old_kernel"] if kernel_before == lab.info["new_kernel"] else lab.info["new_kernel"]
+    pin = ["-e", f"kernel_update_kernel=/boot/vmlinuz-{target}", "-e", f"kernel_update_initrd=/boot/initrd.img-{target}"]
+    assert lab.ssh("cat /sys/kernel/kexec_loaded").strip() == "0"
+    run = lab.start("loaded1", *pin)
+    try:
+        deadline = time.monotonic() + 600
+        while lab.ssh("cat /sys/kernel/kexec_loaded").strip() != "1":
+            assert run.poll() is None, "the playbook ended before kexec --load"
+            assert time.monotonic() < deadline, "kexec --load never ran"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(run)
+    _log("killed after kexec --load")
+    # A module the controller had already started on the host runs to its end without it.
+    deadline, quiet = time.monotonic() + 300, 0
+    while quiet < 3:
+        quiet = quiet + 1 if _modules_running(lab) == 0 else 0
+        assert time.monotonic() < deadline, "a module still runs on the host"
+        time.sleep(1)
+    assert lab.facts() == (kernel_before, boot_before), "no kexec happened"
+    assert lab.ssh(f"ls {STATE_DIR} | grep -e '[.]saving$' || true").split() == [], "no save left half done"
+    manifests, files_lost = lab.left()
+    ok, report = lab.check(kernel_before)
+    if manifests:
+        assert manifests == ["g0.json", "g1.json"] and files_lost == 0, (manifests, files_lost)
+        left = "the save the controller had started finished on the host: both VMs saved, manifests and state files kept"
+    else:
+        guests = report["hosts"][0]["guests"]
+        assert len(guests) == 2 and all(g["ok"] for g in guests), "both VMs untouched: " + json.dumps(report, indent=2)
+        left = "no VM touched: both running, RAM identical, same boot"
+    _log(f"after the kill: {left}")
+    vms_lost = _guest_losses(report, manifests)
+
+    started = time.monotonic()
+    code, output = lab.play("loaded1", *pin)
+    seconds = time.monotonic() - started
+    _log(f"re-run with the killed run's id: {seconds:.0f} s, exit {code}")
+    assert code == 0, _explain(output)
+    entry = lab.report("loaded1")
+    assert entry["status"] == "updated" and entry["rebooted"] and len(entry["vms"]) == 2, entry
+    kernel, boot_id = lab.facts()
+    assert kernel == target and boot_id != boot_before
+    ok, report = lab.check(target)
+    assert ok, json.dumps(report, indent=2)
+    assert lab.left() == ([], 0)
+    campaign("ansible-playbook killed (SIGKILL)", "role: after kexec --load, before the save (kexec lab)",
+             f"{left}; a re-run with the killed run's id kexec'd the host and restored both VMs, RAM identical "
+             f"({seconds:.0f} s)", vms_lost, files_lost, True)
