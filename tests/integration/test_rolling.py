@@ -548,7 +548,7 @@ def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(
 
 def _rerun_updates(fleet_, host, before, pids_before):
     """The campaign's re-run: the same playbook on this host alone restarts its VMs and reports it updated."""
-    code, output, _ = fleet_.play("--limit", host, "-e", "kernel_update_force=true")
+    code, output, _recap = fleet_.play("--limit", host, "-e", "kernel_update_force=true")
     assert code == 0, _explain(output)
     assert all(pid != pids_before[name] for name, pid in fleet_.pids([host]).items())
     _assert_survived(fleet_, before, [host])
