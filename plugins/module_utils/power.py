@@ -52,7 +52,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     host_lock,
     write_json_atomically,
 )
-from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import open_agent, open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import forget_request, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import VmFacts, compile_query, gather_all, run_query
 
 STOPPED_SUFFIX = ".stopped"
@@ -174,7 +174,7 @@ async def _stop_one(facts: VmFacts, state_dir: str, timeout: float) -> PowerResu
                 agent = await stack.enter_async_context(open_agent(facts.qga_socket, vm=name, timeout=CONNECT_TIMEOUT))
                 # No answer when it works: the guest is gone before the agent could send one.
                 request = asyncio.ensure_future(agent.client.execute("guest-shutdown", {"mode": "powerdown"}))
-                stack.push_async_callback(_forget, request)
+                stack.push_async_callback(forget_request, request)
             else:
                 await session.execute("system_powerdown")
             deadline = time.monotonic() + timeout
@@ -205,12 +205,6 @@ def _raise_if_refused(request: "asyncio.Future[Any]", name: str) -> None:
     if failure is not None and hasattr(failure, "error_class"):
         raise CommandFailedError(f"the guest agent refused guest-shutdown: {failure}", name,
                                  hint="the guest is left running")
-
-
-async def _forget(request: "asyncio.Future[Any]") -> None:
-    request.cancel()
-    with contextlib.suppress(BaseException):
-        await request
 
 
 async def _runstate_or_none(session: Any) -> Optional[str]:

@@ -151,6 +151,13 @@ class AgentSession(_Session):
     hang_hint = "the guest agent may have stopped or the guest may be hung, paused or suspended"
 
 
+async def forget_request(request: "asyncio.Future[Any]") -> None:
+    """Drop a command that may never be answered (guest-suspend-ram, guest-shutdown) and its outcome."""
+    request.cancel()
+    with contextlib.suppress(BaseException):
+        await request
+
+
 async def _close_quietly(client: "QMPClient") -> None:
     with contextlib.suppress(Exception):
         await client.disconnect()

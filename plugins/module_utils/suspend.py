@@ -12,7 +12,6 @@ refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
@@ -23,7 +22,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CprError,
     NotAnsweringError,
 )
-from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, forget_request, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import compile_query, endpoints, gather_all, run_query
 
 POLL_SECONDS = 0.02
@@ -82,9 +81,7 @@ async def suspend_guest(session: QmpSession, endpoint: VmEndpoint, timeout: floa
                     )
                 await asyncio.sleep(POLL_SECONDS)
         finally:
-            request.cancel()
-            with contextlib.suppress(BaseException):
-                await request
+            await forget_request(request)
 
 
 async def _raise_refusal(request: "asyncio.Future[Any]", vm: str) -> None:
