@@ -59,6 +59,15 @@ class QemuFactory:
             process.wait()
 
 
+def pytest_configure(config):  # pylint: disable=unused-argument
+    # Tests put RAM files "on disk" under tmp_path; on Debian 13 /tmp is tmpfs, so use /var/tmp there.
+    from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import filesystem_of  # pylint: disable=import-outside-toplevel
+
+    temp = tempfile.gettempdir()
+    if "TMPDIR" not in os.environ and not filesystem_of(temp, os.stat(temp).st_dev, None)[2]:
+        os.environ["TMPDIR"] = tempfile.tempdir = "/var/tmp"
+
+
 @pytest.fixture
 def qemu(tmp_path):
     factory = QemuFactory(str(tmp_path))
@@ -71,7 +80,8 @@ def vm_dir():
     """A short work directory (unix socket paths are limited to 108 bytes); every VM in it is killed afterwards."""
     import testbed  # pylint: disable=import-outside-toplevel
 
-    workdir = tempfile.mkdtemp(prefix="hcpr-", dir="/tmp")
+    # The temp dir, not /tmp: test VMs keep their RAM files here, and they must be on disk (see pytest_configure).
+    workdir = tempfile.mkdtemp(prefix="hcpr-", dir=tempfile.gettempdir())
     os.chmod(workdir, 0o700)
     yield workdir
     testbed.kill_all(workdir)
