@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,8 +49,9 @@ def test_discovers_every_argv_form(qemu, tmp_path):
     assert (found[qmp_c].name, found[qmp_c].pid) == ("c", c.pid)
 
     facts_a = _only(f"{unique}-a")
-    assert (facts_a["runstate"], facts_a["machine_type"], facts_a["pid"]) == ("running", "pc-q35-10.0", a.pid)
-    assert facts_a["qemu_version"].startswith("10.")
+    assert (facts_a["runstate"], facts_a["pid"]) == ("running", a.pid)
+    # The versioned type of whichever QEMU runs here (pc-q35-10.0 on QEMU 10.0), never the bare alias.
+    assert re.fullmatch(r"pc-q35-\d+\.\d+", facts_a["machine_type"]), facts_a["machine_type"]
     facts_b = _only(f"{unique}-b")
     assert facts_b["machine_type"].startswith("pc-i440fx-")
     # The agent socket exists but no guest runs an agent behind it.
