@@ -122,7 +122,7 @@ class _Session:
         try:
             return await asyncio.wait_for(self.client.execute(command, arguments), limit)
         except ExecuteError as exc:
-            raise CommandFailedError(f"{self.what} command {command} failed: {exc.error.desc}", self.vm) from None
+            raise CommandFailedError(f"{self.what} command {command} failed: {exc}", self.vm) from None
         except asyncio.TimeoutError:
             raise NotAnsweringError(
                 f"{self.what} command {command} got no answer within {limit:g} s", self.vm,

@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.hypervisor.cpr.plugins.module_utils import vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+    CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
     SelectionError,
@@ -118,16 +119,40 @@ def test_reasons_blocker_capability_and_runstate(qemu, tmp_path):
                "-device", "ivshmem-plain,memdev=hm", "-qmp", f"unix:{qmp},server=on,wait=off", "-name", unique,
                wait_for=qmp)
 
-    async def postcopy_on():
-        async with open_qmp(qmp, vm=unique, timeout=5) as session:
-            await session.execute("migrate-set-capabilities",
-                                  {"capabilities": [{"capability": "postcopy-ram", "state": True}]})
-
-    asyncio.run(postcopy_on())
+    _set_capability(qmp, unique, "postcopy-ram", True)
     reasons = _only(unique)["cpr"]["reasons"]
     assert any("runstate is prelaunch" in r for r in reasons)
     assert any("QEMU blocks migration: Migration is disabled when using feature 'peer mode'" in r for r in reasons)
     assert any("capability postcopy-ram is on" in r for r in reasons)
+    # QEMU's own refusal comes back in its words, naming the VM (shared file RAM cannot be write-tracked).
+    with pytest.raises(CommandFailedError, match=f"^VM {unique}: QMP command migrate-set-capabilities failed: "
+                       "Background-snapshot is not compatible with guest memory configuration$"):
+        _set_capability(qmp, unique, "postcopy-ram", False, "background-snapshot", True)
+
+    # The other capabilities cpr-reboot cannot be combined with, on a plain running VM that is otherwise ready.
+    plain_qmp = str(tmp_path / "plain.qmp")
+    qemu.start("-qmp", f"unix:{plain_qmp},server=on,wait=off", "-name", f"{unique}-plain", wait_for=plain_qmp)
+    assert _only(f"{unique}-plain")["cpr"]["ready"]
+    for capability in ("background-snapshot", "x-colo"):
+        _set_capability(plain_qmp, f"{unique}-plain", capability, True)
+        facts = _only(f"{unique}-plain")
+        _set_capability(plain_qmp, f"{unique}-plain", capability, False)
+        assert capability in facts["migration"]["capabilities"]
+        assert not facts["cpr"]["ready"]
+        assert facts["cpr"]["reasons"] == [
+            f"migration capability {capability} is on, which cpr-reboot cannot use: "
+            "turn it off with migrate-set-capabilities"]
+    assert _only(f"{unique}-plain")["cpr"]["ready"]
+
+
+def _set_capability(qmp, name, *pairs):
+    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
+    async def run():
+        async with open_qmp(qmp, vm=name, timeout=5) as session:
+            for capability, state in zip(pairs[::2], pairs[1::2]):
+                await session.execute("migrate-set-capabilities",
+                                      {"capabilities": [{"capability": capability, "state": state}]})
+    asyncio.run(run())
 
 
 def test_qemu_too_old(qemu, tmp_path):
