@@ -52,10 +52,14 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     manifest_path,
     read_manifest,
     remove_saved,
+    STOPPED_SUFFIX,
+    StopRecord,
     saving_path,
     state_path,
+    stopped_path,
     sync_and_digest,
     verify_state_file,
+    write_json_atomically,
     write_manifest,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import filesystem_of
@@ -88,6 +92,8 @@ MAX_BANDWIDTH = 1 << 40
 MIN_QEMU_MAPPED_RAM = (9, 0, 0)
 SUSPEND_CHOICES = ("vfio", "all", "none")
 ROLLED_BACK = "rolled back and resumed, because another VM of this call failed to save"
+# How a VM recorded for a fresh start went down (vm_power records how it shut a guest down).
+HOW_QEMU_DIED = "qemu-died-during-save"
 FINAL_MIGRATION_STATES = ("completed", "failed", "cancelled")
 
 
@@ -130,6 +136,7 @@ class _SaveJob:
     endpoint: VmEndpoint
     suspend: bool
     mapped_ram: Optional[bool] = None
+    cwd: str = "/"
     capabilities: Dict[str, bool] = field(default_factory=dict)
     parameters: Dict[str, Any] = field(default_factory=dict)
     previous_capabilities: Dict[str, bool] = field(default_factory=dict)
@@ -140,6 +147,8 @@ class _SaveJob:
     manifest: Optional[Manifest] = None
     result: Optional[SaveResult] = None
     undo_error: Optional[str] = None
+    # Its QEMU died during the save: recorded for vm_power to start it again.
+    died: bool = False
 
 
 def boot_id() -> str:
@@ -261,7 +270,7 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
 
     path = state_path(state_dir, name)
     job.manifest = Manifest(
-        name=name, argv=facts.argv, cwd=process_cwd(facts.pid), qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
+        name=name, argv=facts.argv, cwd=job.cwd, qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
         runstate_before=runstate_before, suspended_by_us=job.suspended_by_us,
         agent_answered=bool(facts.agent.answering) or job.suspended_by_us,
@@ -390,6 +399,8 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
                 prepared.set_result(None)
             saved.set_result(False)
             await _undo_noting_failure(session, job, state_dir, timeout)
+            if job.undo_error is not None and _died_unsaved(job, state_dir):
+                await asyncio.to_thread(_record_for_a_fresh_start, job, state_dir)
             if isinstance(exc, CprError) and exc.vm is None:
                 exc.vm = name
             raise
@@ -404,6 +415,25 @@ async def _save_one(job: _SaveJob, state_dir: str, reboot: str, timeout: float, 
             await quit_qemu(session, session.pid or job.facts.pid, timeout)
             result.quit = True
         return result
+
+
+def _died_unsaved(job: _SaveJob, state_dir: str) -> bool:
+    return bool(job.facts.pid) and not _alive(job.facts.pid or 0) and not os.path.exists(
+        manifest_path(state_dir, job.facts.name))
+
+
+def _record_for_a_fresh_start(job: _SaveJob, state_dir: str) -> None:
+    """A QEMU that died before its state file was complete took the guest's running state with it.
+
+    Its command line is recorded as vm_power records a shut-down guest, so that ``vm_power state=started``
+    (which the kernel_update role runs) boots the VM again; the partial state file is removed.
+    """
+    facts = job.facts
+    record = StopRecord(facts.name, fresh_argv(facts.argv), job.cwd, facts.qmp_socket, facts.qga_socket,
+                        bool(facts.agent.answering) or job.suspended_by_us, HOW_QEMU_DIED, time.time())
+    write_json_atomically(stopped_path(state_dir, facts.name), asdict(record))
+    remove_saved(state_dir, facts.name)
+    job.died = True
 
 
 def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint],
@@ -549,7 +579,7 @@ async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_
     jobs, saved_flags, decisions, prepared = [], [], [], []
     for vm_facts in facts:
         must_suspend = suspend == "all" or (suspend == "vfio" and bool(vm_facts.vfio))
-        jobs.append(_SaveJob(vm_facts, by_name[vm_facts.name], must_suspend, mapped_ram))
+        jobs.append(_SaveJob(vm_facts, by_name[vm_facts.name], must_suspend, mapped_ram, process_cwd(vm_facts.pid)))
         saved_flags.append(loop.create_future())
         decisions.append(loop.create_future())
         prepared.append(loop.create_future())
@@ -566,11 +596,15 @@ async def _save_all(facts: List[VmFacts], by_name: Dict[str, VmEndpoint], state_
         causes = [e for e in errors if not (isinstance(e, CprError) and e.message == ROLLED_BACK)] or errors
         failed = [j for j, r in zip(jobs, results) if isinstance(r, BaseException)]
         resumed = [j.facts.name for j in failed if j.undo_error is None]
-        stuck = [f"{j.facts.name} ({j.undo_error})" for j in failed if j.undo_error is not None]
+        died = [j.facts.name for j in failed if j.died]
+        stuck = [f"{j.facts.name} ({j.undo_error})" for j in failed if j.undo_error is not None and not j.died]
         saved = [r.name for r in results if isinstance(r, SaveResult)]
         raise CprError(
             "; ".join(str(e) for e in causes)
             + (f". Resumed as they were: {', '.join(resumed)}" if resumed else "")
+            + (f". Their QEMU died during the save and the guest's running state with it; each command line is "
+               f"recorded in {state_dir}/<name>{STOPPED_SUFFIX}, and vm_power state=started boots them again: "
+               f"{', '.join(died)}" if died else "")
             + (f". Could not be resumed, state files and manifests kept for cpr_restore: {'; '.join(stuck)}"
                if stuck else "")
             + (f". Saved: {', '.join(saved)}" if saved else ""),

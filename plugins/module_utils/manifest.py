@@ -6,6 +6,9 @@
 ``<state_dir>/<vm>.json`` is written (atomically) before QEMU is told to quit
 and removed only once the new QEMU has the VM back in its old runstate. A
 run that dies anywhere can therefore be finished from the manifests.
+
+``<state_dir>/<vm>.stopped`` records how to start a VM again whose guest
+was shut down (vm_power) or whose QEMU died in the middle of a save.
 """
 
 from __future__ import annotations
@@ -239,6 +242,47 @@ def remove_saved(state_dir: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     fsync_dir(state_dir)
+
+
+# --------------------------------------------------------------------------- shut-down VMs
+
+STOPPED_SUFFIX = ".stopped"
+
+
+@dataclass
+class StopRecord:
+    """What starting a shut-down VM again needs."""
+
+    name: str
+    argv: List[str]
+    cwd: str
+    qmp_socket: str
+    qga_socket: Optional[str]
+    agent_answered: bool
+    how: str
+    stopped_at: float
+
+
+def stopped_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, f"{name}{STOPPED_SUFFIX}")
+
+
+def read_stopped(path: str) -> StopRecord:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return StopRecord(**json.load(handle))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ManifestError(f"the record {path} of a shut-down VM cannot be read: {exc}",
+                            os.path.basename(path)[:-len(STOPPED_SUFFIX)],
+                            hint="start the VM by hand with the command line it had, then remove the record") from None
+
+
+def list_stopped(state_dir: str) -> List[StopRecord]:
+    """Every VM recorded as shut down in the state directory, sorted by name."""
+    if not os.path.isdir(state_dir):
+        return []
+    return [read_stopped(os.path.join(state_dir, entry))
+            for entry in sorted(os.listdir(state_dir)) if entry.endswith(STOPPED_SUFFIX)]
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -45,35 +44,22 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     raise_failures,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
+    StopRecord,
     check_name,
-    ManifestError,
     ensure_state_dir,
     fsync_dir,
     host_lock,
+    list_stopped,
+    stopped_path,
     write_json_atomically,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import forget_request, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import VmFacts, compile_query, gather_all, run_query
 
-STOPPED_SUFFIX = ".stopped"
 # How a guest is asked to power off: through its agent when it answers, else the ACPI power button.
 HOW_AGENT = "guest-shutdown"
 HOW_ACPI = "system_powerdown"
 _REQUEST_HANDLER = {HOW_AGENT: "its agent's guest-shutdown", HOW_ACPI: "the ACPI power button (acpid or systemd)"}
-
-
-@dataclass
-class StopRecord:
-    """What starting a shut-down VM again needs."""
-
-    name: str
-    argv: List[str]
-    cwd: str
-    qmp_socket: str
-    qga_socket: Optional[str]
-    agent_answered: bool
-    how: str
-    stopped_at: float
 
 
 @dataclass
@@ -83,28 +69,6 @@ class PowerResult:
     how: Optional[str]
     seconds: float
     pid: Optional[int] = None
-
-
-def stopped_path(state_dir: str, name: str) -> str:
-    return os.path.join(state_dir, f"{name}{STOPPED_SUFFIX}")
-
-
-def read_stopped(path: str) -> StopRecord:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return StopRecord(**json.load(handle))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ManifestError(f"the record {path} of a shut-down VM cannot be read: {exc}",
-                            os.path.basename(path)[:-len(STOPPED_SUFFIX)],
-                            hint="start the VM by hand with the command line it had, then remove the record") from None
-
-
-def list_stopped(state_dir: str) -> List[StopRecord]:
-    """Every VM recorded as shut down in the state directory, sorted by name."""
-    if not os.path.isdir(state_dir):
-        return []
-    return [read_stopped(os.path.join(state_dir, entry))
-            for entry in sorted(os.listdir(state_dir)) if entry.endswith(STOPPED_SUFFIX)]
 
 
 # --------------------------------------------------------------------------- stop

@@ -24,6 +24,10 @@ description:
     so a run that dies anywhere can be finished by running again.
   - If any VM fails to save, every VM of the call is resumed exactly as it was (running, paused or suspended) and its
     partial files removed (O(all_or_nothing)). No QEMU quits before every VM is saved.
+  - A VM whose QEMU dies during its save (killed, crashed) loses its running state with it; no tool can bring that
+    back. Its partial state file is removed and its command line recorded as C(<state_dir>/<name>.stopped), so that
+    M(hypervisor.cpr.vm_power) with O(hypervisor.cpr.vm_power#module:state=started) boots it again (the
+    P(hypervisor.cpr.kernel_update#role) role does so).
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:

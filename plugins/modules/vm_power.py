@@ -17,7 +17,8 @@ description:
     working directory), then asks the guest to power off, through its guest agent (C(guest-shutdown)) when the agent
     answers, else with the ACPI power button (C(system_powerdown)), and waits until QEMU has exited.
   - With O(state=started), starts the recorded VMs again with the same command line, waits until QMP answers and,
-    when the agent answered before the shutdown, until the guest agent answers, then removes the record.
+    when the agent answered before the shutdown, until the guest agent answers, then removes the record. This
+    includes VMs that M(hypervisor.cpr.cpr_save) recorded because their QEMU died during the save.
   - VMs already in the wanted state are reported unchanged, so a run interrupted anywhere is finished by running
     again. All VMs are handled concurrently.
 author:
@@ -102,7 +103,9 @@ vms:
       description: Whether this call changed the VM.
       type: bool
     how:
-      description: How the guest was asked to power off.
+      description:
+        - How the guest went down. V(guest-shutdown) or V(system_powerdown) when it was asked to power off,
+          V(qemu-died-during-save) when its QEMU died during a M(hypervisor.cpr.cpr_save).
       type: str
       sample: guest-shutdown
     seconds:

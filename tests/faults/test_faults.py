@@ -18,7 +18,7 @@ import time
 import pytest
 import testbed
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr
+from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, power
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError, SelectionError
 from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     LOCK_NAME,
@@ -294,11 +294,16 @@ def test_qemu_killed_during_restore(vm_dir, campaign):
              vms_lost, files_lost, finished(vms, snapshot))
 
 
-def test_qemu_killed_during_save_loses_only_that_vm(vm_dir, campaign):
-    """Killing QEMU kills its VM, whoever does it: the others of the call are resumed."""
+def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, campaign):
+    """Killing QEMU kills its guest's running state, whoever does it; the VM itself is not lost.
+
+    The save records the dead QEMU's command line (as vm_power does for a shut-down guest), the others of the
+    call are resumed, and vm_power's start boots the VM again; a re-run of the save and restore then finishes.
+    """
     vms = testbed.boot_vms(vm_dir, names=["victim", "survivor"], ram="private")
     make_noise(vms[0], 32)
     snapshot = testbed.memory_snapshot(vms)
+    argv, marker = vms[0].argv, vms[0].marker()
     state_dir = os.path.join(vm_dir, "state")
 
     def kill_when_writing():
@@ -309,13 +314,34 @@ def test_qemu_killed_during_save_loses_only_that_vm(vm_dir, campaign):
     with pytest.raises(CprError, match="VM victim:") as failure:
         cpr.save(names=["victim", "survivor"], state_dir=state_dir, reboot="none", timeout=60)
     killer.join()
-    assert "Resumed as they were: survivor" in str(failure.value)
+    message = str(failure.value)
+    assert "Resumed as they were: survivor" in message
+    assert (f"Their QEMU died during the save and the guest's running state with it; each command line is recorded "
+            f"in {state_dir}/<name>.stopped, and vm_power state=started boots them again: victim") in message
+    assert "Could not be resumed" not in message
     assert vms[1].runstate() == "running"
+    assert testbed.survival_problems(vms[1:], snapshot) == []
+    # The partial state file is gone; what is left is the record of how to start the VM again.
+    assert saved_files(state_dir) == []
+    assert sorted(f for f in os.listdir(state_dir) if f.endswith(".stopped")) == ["victim.stopped"]
+    # Its running state died with its QEMU: counted lost, whatever comes next.
     vms_lost, files_lost = lost(vms, state_dir)
     assert vms_lost == 1
-    assert testbed.survival_problems(vms[1:], snapshot) == []
-    campaign("QEMU killed (SIGKILL)", "during save", "that VM dies with its QEMU (no tool can undo); the others resumed",
-             vms_lost, files_lost, False)
+
+    started = power.start(state_dir=state_dir, names=["victim"], timeout=180)
+    assert [(vm["name"], vm["how"]) for vm in started["vms"]] == [("victim", "qemu-died-during-save")]
+    vms[0].refresh_pid()
+    assert vms[0].agent("guest-ping") == {}
+    assert vms[0].marker() != marker, "a fresh boot: the guest drew a new marker"
+    assert testbed._cmdline(vms[0].pid) == argv  # pylint: disable=protected-access
+
+    # The re-run: both VMs save and restore, the booted-again one with its new RAM.
+    snapshot = testbed.memory_snapshot(vms)
+    cpr.save(names=["victim", "survivor"], state_dir=state_dir, reboot="none", timeout=60)
+    cpr.restore(state_dir=state_dir, timeout=60)
+    campaign("QEMU killed (SIGKILL)", "during save",
+             "that guest's running state dies with its QEMU (no tool can undo); its command line recorded, vm_power "
+             "booted it again; the others resumed", vms_lost, files_lost, finished(vms, snapshot))
 
 
 # --------------------------------------------------------------------------- 7. state files
