@@ -19,8 +19,9 @@ import random
 import socket
 import stat
 import struct
+import time
 import traceback
-from typing import Any, AsyncIterator, Dict, Iterator, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
@@ -42,6 +43,8 @@ except ImportError:
 # The guest agent prefixes its answer to guest-sync-delimited with this byte,
 # and a client sends it first so the agent drops any half-parsed input.
 AGENT_DELIMITER = b"\xff"
+# How often a connect is tried again while the server's listen queue is full.
+CONNECT_POLL_SECONDS = 0.05
 
 
 def require_qemu_qmp() -> None:
@@ -84,7 +87,7 @@ async def connect_unix(path: str, *, vm: str, what: str, timeout: float) -> sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, path), timeout)
+        await _connect_until(sock, path, timeout)
     except PermissionError:
         sock.close()
         raise SocketPermissionError(
@@ -99,15 +102,72 @@ async def connect_unix(path: str, *, vm: str, what: str, timeout: float) -> sock
         ) from None
     except asyncio.TimeoutError:
         sock.close()
-        raise NotAnsweringError(f"connecting to {what} socket {path} timed out after {timeout:g} s", vm) from None
+        raise NotAnsweringError(
+            f"connecting to {what} socket {path} timed out after {timeout:g} s: its QEMU accepts no new connection "
+            "(stopped with SIGSTOP, hung, or other clients of this socket are queued)", vm,
+            hint=resume_hint(socket_owners(path), "the other clients of this socket"),
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectionFailedError(f"connecting to {what} socket {path} failed: {exc.strerror or exc}", vm) from None
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+async def _connect_until(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect a non-blocking unix socket, waiting up to timeout while the listener's queue is full.
+
+    A unix socket's connect never stays in progress: it succeeds at once or, when the server accepts nothing
+    (a stopped QEMU with clients queued before us), fails with EAGAIN. asyncio's sock_connect mistakes that for a
+    connection in progress and hands back an unconnected socket, so we poll ourselves.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise asyncio.TimeoutError() from None
+            await asyncio.sleep(CONNECT_POLL_SECONDS)
+
+
+def socket_owners(path: str) -> List[int]:
+    """The pids of the processes that listen on a unix socket path (read from /proc; for error messages).
+
+    More than one when a process still holds a socket whose file was replaced.
+    """
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as handle:
+            rows = [line.split() for line in handle.read().splitlines()[1:]]
+    except OSError:
+        return []
+    # Columns: Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 marks a listening socket.
+    targets = {f"socket:[{row[6]}]" for row in rows if len(row) >= 8 and row[7] == path and int(row[3], 16) & 0x10000}
+    owners = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")) if targets else ():
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                        owners.add(int(pid))
+    return sorted(owners)
+
+
+def resume_hint(pids: Sequence[Optional[int]], other_client: str) -> str:
+    """What to do about a QEMU that does not answer: resume it if it was stopped, else free its socket or wait longer."""
+    known = [str(pid) for pid in pids if pid]
+    target = known[0] if len(known) == 1 else f"<pid of its QEMU: one of {', '.join(known)}>" if known else "<pid of its QEMU>"
+    return (f"if its QEMU was stopped (SIGSTOP), resume it: kill -CONT {target}; otherwise close {other_client}, "
+            "or raise timeout if QEMU is only slow")
 
 
 class _Session:
     """Common command handling of a QMP or guest agent connection."""
 
     what = "QMP"
-    hang_hint = "QEMU may be stopped (SIGSTOP) or hung: check the state of its process"
 
     def __init__(self, client: "QMPClient", *, vm: str, path: str, pid: Optional[int], timeout: float) -> None:
         self.client = client
@@ -126,12 +186,15 @@ class _Session:
         except asyncio.TimeoutError:
             raise NotAnsweringError(
                 f"{self.what} command {command} got no answer within {limit:g} s", self.vm,
-                hint=self.hang_hint,
+                hint=self.hang_hint(),
             ) from None
         except (QMPError, EOFError, OSError) as exc:
             raise ConnectionFailedError(
                 f"{self.what} connection on {self.path} was lost during {command}: {exc or type(exc).__name__}", self.vm,
             ) from None
+
+    def hang_hint(self) -> str:
+        return "QEMU may be stopped (SIGSTOP) or hung: " + resume_hint([self.pid], "any other client of its monitor")
 
     @contextlib.contextmanager
     def listen(self, *names: str) -> Iterator["EventListener"]:
@@ -148,7 +211,9 @@ class AgentSession(_Session):
     """A connection to the guest agent inside one VM."""
 
     what = "guest agent"
-    hang_hint = "the guest agent may have stopped or the guest may be hung, paused or suspended"
+
+    def hang_hint(self) -> str:
+        return "the guest agent may have stopped or the guest may be hung, paused or suspended"
 
 
 async def forget_request(request: "asyncio.Future[Any]") -> None:
@@ -197,9 +262,10 @@ async def _qmp_handshake(path: str, *, vm: str, timeout: float) -> Tuple["QMPCli
         await _close_quietly(client)
         sock.close()
         raise NotAnsweringError(
-            f"QMP socket {path} accepted the connection but QEMU sent no greeting within {timeout:g} s", vm,
-            hint="QEMU is stopped (SIGSTOP) or hung, or another client such as libvirt holds this monitor "
-            "(a QMP socket serves one client at a time)",
+            f"QMP socket {path} accepted the connection but QEMU sent no greeting within {timeout:g} s: QEMU is "
+            "stopped (SIGSTOP) or hung, or another client such as libvirt holds this monitor "
+            "(a QMP socket serves one client at a time)", vm,
+            hint=resume_hint([pid], "the other client of this monitor"),
         ) from None
     except ConnectError as exc:
         sock.close()

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import pytest
 from ansible_collections.hypervisor.cpr.plugins.module_utils import vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+    CommandFailedError,
     CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
@@ -155,6 +157,16 @@ def _set_capability(qmp, name, *pairs):
     asyncio.run(run())
 
 
+def _set_capability(qmp, name, *pairs):
+    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
+    async def run():
+        async with open_qmp(qmp, vm=name, timeout=5) as session:
+            for capability, state in zip(pairs[::2], pairs[1::2]):
+                await session.execute("migrate-set-capabilities",
+                                      {"capabilities": [{"capability": capability, "state": state}]})
+    asyncio.run(run())
+
+
 def test_qemu_too_old(qemu, tmp_path):
     fetch = subprocess.run([os.path.join(REPO_ROOT, "tests", "testbed", "fetch-old-qemu.sh")],
                            capture_output=True, text=True, check=False)
@@ -202,13 +214,52 @@ def test_stale_socket_after_qemu_died(qemu, tmp_path):
 def test_stopped_qemu_does_not_answer(qemu, tmp_path):
     qmp = str(tmp_path / "stopped.qmp")
     process = qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", wait_for=qmp)
-    os.kill(process.pid, signal.SIGSTOP)
+    resume = f"its QEMU was stopped (SIGSTOP), resume it: kill -CONT {process.pid}; otherwise close "
 
     async def connect():
-        async with open_qmp(qmp, vm="stopped", timeout=1):
-            pass
-    with pytest.raises(NotAnsweringError, match="sent no greeting within 1 s. QEMU is stopped .SIGSTOP."):
+        async with open_qmp(qmp, vm="stopped", timeout=1) as session:
+            await session.execute("query-status")
+
+    # A command in flight when QEMU stops.
+    async def stop_then_ask():
+        async with open_qmp(qmp, vm="stopped", timeout=1) as session:
+            os.kill(process.pid, signal.SIGSTOP)
+            await session.execute("query-status")
+    with pytest.raises(NotAnsweringError) as in_flight:
+        asyncio.run(stop_then_ask())
+    assert str(in_flight.value).startswith("VM stopped: QMP command query-status got no answer within 1 s. ")
+    assert f"{resume}any other client of its monitor, or raise timeout if QEMU is only slow" in str(in_flight.value)
+
+    # A new connection waits in the listen queue and gets no greeting.
+    with pytest.raises(NotAnsweringError) as no_greeting:
         asyncio.run(connect())
+    assert str(no_greeting.value).startswith(
+        f"VM stopped: QMP socket {qmp} accepted the connection but QEMU sent no greeting within 1 s: QEMU is stopped")
+    assert str(no_greeting.value).endswith(
+        f"{resume}the other client of this monitor, or raise timeout if QEMU is only slow")
+
+    # Once the queue is full, a connect is not even queued: it times out too, with the same advice.
+    queued = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            queued.append(sock)
+            sock.connect(qmp)
+    except BlockingIOError:
+        pass
+    with pytest.raises(NotAnsweringError) as queue_full:
+        asyncio.run(connect())
+    for sock in queued:
+        sock.close()
+    assert str(queue_full.value).startswith(f"VM stopped: connecting to QMP socket {qmp} timed out after 1 s: ")
+    assert str(queue_full.value).endswith(
+        f"{resume}the other clients of this socket, or raise timeout if QEMU is only slow")
+
+    # Doing what the message says is enough.
+    os.kill(process.pid, signal.SIGCONT)
+    [facts] = vm.status(vms=[{"name": "stopped", "qmp_socket": qmp}], timeout=10)
+    assert (facts["error"], facts["runstate"]) == (None, "running")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to switch to nobody")
