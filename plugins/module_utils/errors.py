@@ -62,10 +62,6 @@ class CommandFailedError(CprError):
     """QEMU or the guest agent answered a command with an error."""
 
 
-class QemuTooOldError(CprError):
-    """The running QEMU lacks a feature hypervisor.cpr needs."""
-
-
 class NotReadyError(CprError):
     """A VM cannot take part in a checkpoint and restart, with every reason."""
 

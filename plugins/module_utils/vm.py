@@ -158,7 +158,8 @@ def verdict(facts: VmFacts, reboot: str = "kexec", ignore_shared: Optional[bool]
 def _vfio_reasons(facts: VmFacts, version: Tuple[int, ...]) -> List[str]:
     devices = ", ".join(d["id"] for d in facts.vfio)
     if version < MIN_QEMU_VFIO:
-        return [f"VFIO devices ({devices}) need QEMU 9.0 or newer for cpr-reboot; this VM runs QEMU {facts.qemu_version}"]
+        return [f"VFIO devices ({devices}) need QEMU 9.0 or newer for cpr-reboot; this VM runs QEMU {facts.qemu_version}: "
+                "upgrade QEMU and restart the VM cold once"]
     if facts.runstate == "suspended":
         return []
     if not facts.qga_socket:

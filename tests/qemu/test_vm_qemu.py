@@ -13,13 +13,15 @@ import tempfile
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import vm
+from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
     CommandFailedError,
+    CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
+    NotReadyError,
     SelectionError,
     SocketMissingError,
 )
@@ -167,6 +169,16 @@ def _set_capability(qmp, name, *pairs):
     asyncio.run(run())
 
 
+def _set_capability(qmp, name, *pairs):
+    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
+    async def run():
+        async with open_qmp(qmp, vm=name, timeout=5) as session:
+            for capability, state in zip(pairs[::2], pairs[1::2]):
+                await session.execute("migrate-set-capabilities",
+                                      {"capabilities": [{"capability": capability, "state": state}]})
+    asyncio.run(run())
+
+
 def test_qemu_too_old(qemu, tmp_path):
     fetch = subprocess.run([os.path.join(REPO_ROOT, "tests", "testbed", "fetch-old-qemu.sh")],
                            capture_output=True, text=True, check=False)
@@ -178,8 +190,15 @@ def test_qemu_too_old(qemu, tmp_path):
                binary=fetch.stdout.strip(), wait_for=qmp)
     facts = _only(f"old{os.getpid()}")
     assert facts["qemu_version"].startswith("7.2")
-    assert facts["cpr"]["reasons"] == [
-        f"QEMU {facts['qemu_version']} has no cpr-reboot (it needs 8.2 or newer): upgrade QEMU and restart the VM cold once"]
+    too_old = f"QEMU {facts['qemu_version']} has no cpr-reboot (it needs 8.2 or newer): upgrade QEMU and restart the VM cold once"
+    assert facts["cpr"]["reasons"] == [too_old]
+    # A save refuses it before touching anything, naming the VM and saying what to do.
+    state_dir = str(tmp_path / "state")
+    with pytest.raises(NotReadyError) as refused:
+        cpr.save(names=[f"old{os.getpid()}"], state_dir=state_dir, reboot="none", timeout=30)
+    assert str(refused.value) == f"VM old{os.getpid()} is not ready: {too_old}. Nothing was touched"
+    assert _only(f"old{os.getpid()}")["runstate"] == "running"
+    assert os.listdir(state_dir) == []
 
 
 def test_missing_socket_is_reported_not_raised(tmp_path):

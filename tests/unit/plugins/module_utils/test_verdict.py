@@ -38,7 +38,8 @@ def test_vfio_needs_an_answering_agent():
 def test_vfio_needs_qemu_9():
     vfio = [{"id": "hostdev0", "type": "vfio-pci", "path": "/machine/peripheral/hostdev0"}]
     result = verdict(_facts(vfio=vfio, qemu_version="8.2.0"))
-    assert result.reasons == ["VFIO devices (hostdev0) need QEMU 9.0 or newer for cpr-reboot; this VM runs QEMU 8.2.0"]
+    assert result.reasons == ["VFIO devices (hostdev0) need QEMU 9.0 or newer for cpr-reboot; this VM runs QEMU 8.2.0: "
+                              "upgrade QEMU and restart the VM cold once"]
 
 
 def test_unreachable_vm_is_not_ready():
