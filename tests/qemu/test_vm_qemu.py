@@ -19,8 +19,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
     CommandFailedError,
     CommandFailedError,
+    CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
+    NotReadyError,
     NotReadyError,
     SelectionError,
     SocketMissingError,
@@ -179,6 +181,16 @@ def _set_capability(qmp, name, *pairs):
     asyncio.run(run())
 
 
+def _set_capability(qmp, name, *pairs):
+    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
+    async def run():
+        async with open_qmp(qmp, vm=name, timeout=5) as session:
+            for capability, state in zip(pairs[::2], pairs[1::2]):
+                await session.execute("migrate-set-capabilities",
+                                      {"capabilities": [{"capability": capability, "state": state}]})
+    asyncio.run(run())
+
+
 def test_qemu_too_old(qemu, tmp_path):
     fetch = subprocess.run([os.path.join(REPO_ROOT, "tests", "testbed", "fetch-old-qemu.sh")],
                            capture_output=True, text=True, check=False)
@@ -199,6 +211,29 @@ def test_qemu_too_old(qemu, tmp_path):
     assert str(refused.value) == f"VM old{os.getpid()} is not ready: {too_old}. Nothing was touched"
     assert _only(f"old{os.getpid()}")["runstate"] == "running"
     assert os.listdir(state_dir) == []
+
+
+def test_explicit_list_of_a_vm_discovery_cannot_see(qemu, tmp_path):
+    """Sockets defined in a -readconfig file: not in the argv, so only an explicit list finds the VM."""
+    qmp, qga = str(tmp_path / "legacy.qmp"), str(tmp_path / "legacy.qga")
+    config = tmp_path / "legacy.cfg"
+    config.write_text(
+        f'[chardev "mon0"]\n  backend = "socket"\n  path = "{qmp}"\n  server = "on"\n  wait = "off"\n'
+        '[mon "mon0"]\n  chardev = "mon0"\n  mode = "control"\n'
+        f'[chardev "qga0"]\n  backend = "socket"\n  path = "{qga}"\n  server = "on"\n  wait = "off"\n'
+        '[device "vser0"]\n  driver = "virtio-serial-pci"\n'
+        '[device "qgaport"]\n  driver = "virtserialport"\n  chardev = "qga0"\n  name = "org.qemu.guest_agent.0"\n',
+        encoding="utf-8")
+    process = qemu.start("-S", "-readconfig", str(config), wait_for=qmp)
+    assert all(e.pid != process.pid for e in discover())
+
+    [facts] = vm.status(vms=[{"name": "legacy1", "qmp_socket": qmp, "qga_socket": qga}], timeout=5)
+    assert (facts["name"], facts["pid"], facts["runstate"], facts["source"]) == ("legacy1", process.pid, "prelaunch", "explicit")
+    assert (facts["qmp_socket"], facts["qga_socket"], facts["error"]) == (qmp, qga, None)
+    assert facts["argv"][-2:] == ["-readconfig", str(config)]
+    # Not running, so its agent is not asked.
+    assert facts["agent"] == {"socket": qga, "answering": None, "version": None, "error": None}
+    assert facts["cpr"]["reasons"] == ["its runstate is prelaunch; only running, paused or suspended VMs can be saved"]
 
 
 def test_missing_socket_is_reported_not_raised(tmp_path):
