@@ -17,12 +17,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
-    CommandFailedError,
-    CommandFailedError,
-    CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
-    NotReadyError,
     NotReadyError,
     SelectionError,
     SocketMissingError,
@@ -149,36 +145,6 @@ def test_reasons_blocker_capability_and_runstate(qemu, tmp_path):
             f"migration capability {capability} is on, which cpr-reboot cannot use: "
             "turn it off with migrate-set-capabilities"]
     assert _only(f"{unique}-plain")["cpr"]["ready"]
-
-
-def _set_capability(qmp, name, *pairs):
-    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
-    async def run():
-        async with open_qmp(qmp, vm=name, timeout=5) as session:
-            for capability, state in zip(pairs[::2], pairs[1::2]):
-                await session.execute("migrate-set-capabilities",
-                                      {"capabilities": [{"capability": capability, "state": state}]})
-    asyncio.run(run())
-
-
-def _set_capability(qmp, name, *pairs):
-    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
-    async def run():
-        async with open_qmp(qmp, vm=name, timeout=5) as session:
-            for capability, state in zip(pairs[::2], pairs[1::2]):
-                await session.execute("migrate-set-capabilities",
-                                      {"capabilities": [{"capability": capability, "state": state}]})
-    asyncio.run(run())
-
-
-def _set_capability(qmp, name, *pairs):
-    """migrate-set-capabilities, one call per (capability, state) pair, in order."""
-    async def run():
-        async with open_qmp(qmp, vm=name, timeout=5) as session:
-            for capability, state in zip(pairs[::2], pairs[1::2]):
-                await session.execute("migrate-set-capabilities",
-                                      {"capabilities": [{"capability": capability, "state": state}]})
-    asyncio.run(run())
 
 
 def _set_capability(qmp, name, *pairs):
