@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 import pytest
+import testbed
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
@@ -200,6 +201,88 @@ def test_explicit_list_of_a_vm_discovery_cannot_see(qemu, tmp_path):
     # Not running, so its agent is not asked.
     assert facts["agent"] == {"socket": qga, "answering": None, "version": None, "error": None}
     assert facts["cpr"]["reasons"] == ["its runstate is prelaunch; only running, paused or suspended VMs can be saved"]
+
+
+def _readme_ad_hoc():
+    """The commands of the README's "Ad hoc, from this checkout" block: (export line, vm_status line, ansible-doc line)."""
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+        block = re.search(r"### Ad hoc, from this checkout\n.*?```bash\n(.*?)```", handle.read(), re.S).group(1)
+    lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+    [export] = [line for line in lines if line.startswith("export ")]
+    [status] = [line for line in lines if line.startswith("ansible localhost ") and "-m hypervisor.cpr.vm_status" in line]
+    [doc] = [line for line in lines if line.startswith("ansible-doc ")]
+    return export, status, doc
+
+
+def _run_as_readme(export, command):
+    """Run a README command line in a shell at the checkout's root, after the README's export, as a reader would."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    result = subprocess.run(["bash", "-euc", f"{export}\n{command}"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_readme_ad_hoc_command(qemu, vm_dir, tmp_path):
+    """The README's ad-hoc vm_status, verbatim, finds QEMUs started by hand and tells their RAM and agent apart."""
+    unique = f"adhoc{os.getpid()}"
+    shm_path = f"/dev/shm/{unique}.ram"
+    ram = {"shm": shm_path, "disk": str(tmp_path / "disk.ram")}
+    device = None
+    if os.geteuid() == 0 and shutil.which("losetup"):
+        image = tmp_path / "blk.img"
+        image.write_bytes(b"\0" * (64 << 20))
+        device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        ram["blk"] = device
+    started = {}
+    try:
+        for label, mem_path in ram.items():
+            qmp = str(tmp_path / f"{label}.qmp")
+            process = qemu.start("-machine", "q35,memory-backend=ram0",
+                                 "-object", f"memory-backend-file,id=ram0,size=64M,mem-path={mem_path},share=on",
+                                 "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"guest={unique}-{label}",
+                                 wait_for=qmp)
+            started[f"{unique}-{label}"] = (qmp, process.pid)
+        [guest] = testbed.boot_vms(vm_dir, names=[f"{unique}-agent"], ram="private")
+        started[guest.name] = (str(guest.qmp_socket), guest.pid)
+
+        export, status, doc = _readme_ad_hoc()
+        outputs = {}
+        for mode, command in (("normal", status), ("check", f"{status} --check")):
+            stdout = _run_as_readme(export, command)
+            head = re.match(r"localhost \| SUCCESS => ", stdout)
+            assert head, stdout[:2000]
+            outputs[mode] = json.loads(stdout[head.end():])
+        assert "hypervisor.cpr.vm_status" in _run_as_readme(export, doc)
+    finally:
+        qemu.stop_all()
+        if device:
+            subprocess.run(["losetup", "-d", device], check=True)
+        if os.path.exists(shm_path):
+            os.unlink(shm_path)
+
+    # Check mode reports the same, and neither run changed anything.
+    for output in outputs.values():
+        assert output["changed"] is False
+        vms = {facts["name"]: facts for facts in output["vms"] if facts["name"] in started}
+        assert sorted(vms) == sorted(started)
+        for name, (qmp, pid) in started.items():
+            assert (vms[name]["qmp_socket"], vms[name]["pid"], vms[name]["runstate"], vms[name]["error"]) == (
+                qmp, pid, "running", None), name
+        backends = {name.rsplit("-", 1)[1]: vms[name]["memory_backends"][0] for name in started}
+        assert (backends["shm"]["filesystem"], backends["shm"]["persistent"]) == ("tmpfs", False)
+        assert (backends["disk"]["kind"], backends["disk"]["persistent"]) == ("file", True)
+        assert (backends["agent"]["kind"], backends["agent"]["persistent"]) == ("anonymous", False)
+        if device:
+            assert (backends["blk"]["kind"], backends["blk"]["persistent"]) == ("block-device", True)
+        # The default verdict is for a kexec: RAM in place on tmpfs would not survive it; private RAM is copied.
+        ready = {name.rsplit("-", 1)[1]: vms[name]["cpr"]["ready"] for name in started}
+        assert ready == dict({"shm": False, "disk": True, "agent": True}, **({"blk": True} if device else {}))
+        agent = vms[guest.name]["agent"]
+        assert (agent["socket"], agent["answering"], agent["error"]) == (str(guest.qga_socket), True, None)
+        assert agent["version"]
+        assert all(vms[name]["agent"]["answering"] is None for name in started if name != guest.name)
 
 
 def test_missing_socket_is_reported_not_raised(tmp_path):
