@@ -164,6 +164,19 @@ vms:
       description: VFIO devices of the VM; their guests must be suspended to RAM before a save.
       type: list
       elements: dict
+      contains:
+        id:
+          description: Device id given with C(-device ...,id=), or QEMU's name for a device without one (such as C(device[0])).
+          type: str
+          sample: hostdev0
+        type:
+          description: QOM type of the device.
+          type: str
+          sample: vfio-pci
+        path:
+          description: QOM path of the device.
+          type: str
+          sample: /machine/peripheral/hostdev0
     agent:
       description: The guest agent.
       type: dict
