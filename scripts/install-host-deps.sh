@@ -45,7 +45,18 @@ apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
     openssh-client rsync shellcheck binutils iproute2 e2fsprogs >/dev/null
 
-qemu_version=$(qemu-system-x86_64 --version | awk 'NR==1 {print $4}')
+# "QEMU emulator version 10.0.2 (Debian ...)": cpr-reboot needs 8.2, VFIO guests and the test bed 9.0.
+qemu_version=$(qemu-system-x86_64 --version | sed -nE '1s/.*version ([0-9]+\.[0-9]+(\.[0-9]+)?).*/\1/p')
+if [ -z "$qemu_version" ]; then
+    echo "install-host-deps.sh: cannot read the QEMU version from: $(qemu-system-x86_64 --version | head -n 1)" >&2
+    exit 1
+fi
+if [ "${qemu_version%%.*}" -lt 9 ]; then
+    echo "install-host-deps.sh: QEMU ${qemu_version} is installed, and hypervisor.cpr needs 9.0 or newer" \
+        "(8.2 for cpr-reboot, 9.0 for VFIO guests). Install QEMU from bookworm-backports on Debian 12" \
+        "(apt-get install -t bookworm-backports qemu-system-x86 qemu-utils) or use Debian 13" >&2
+    exit 1
+fi
 echo "QEMU ${qemu_version}"
 
 if [ ! -x "$VENV/bin/python" ]; then
