@@ -151,7 +151,7 @@ class Fleet:
 def fleet():
     """Six test-bed VMs on a copy of the QEMU binary, two per inventory host."""
     # Short: unix socket paths are limited to 108 bytes.
-    workdir = tempfile.mkdtemp(prefix="hcpr-roll-", dir="/tmp")
+    workdir = tempfile.mkdtemp(prefix="hcpr-roll-", dir=tempfile.gettempdir())
     os.chmod(workdir, 0o700)
     result = Fleet(workdir)
     os.makedirs(os.path.dirname(result.qemu))
@@ -585,7 +585,7 @@ def test_a_failure_inside_the_blackout_restores_every_vm(fleet, campaign):
              vms_lost, files_lost, True)
 
 
-def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet, campaign):
+def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet):
     missing = os.path.join(fleet.workdir, "vmlinuz-9.9.9-missing")
     before = fleet.memory(["hv3"])
     old_pids = fleet.pids(["hv3"])
@@ -599,13 +599,12 @@ def test_a_missing_target_kernel_is_refused_before_anything_is_touched(fleet, ca
     report = fleet.report()
     assert _hosts(report)["hv3"]["status"] == "preflight_failed" and report["stopped"].startswith("preflight")
     assert _hosts(report)["hv3"]["kernel_before"] == platform.release()
-    # A re-run would kexec this machine, the one that runs the tests: it is left to the kexec lab (tests/kexec).
-    campaign("target kernel missing", "preflight (kernel_update_kernel names no file)",
-             "refused in the preflight naming the file; no VM touched (re-run: kexec lab)",
-             *_losses(fleet, before, ["hv3"]), None)
+    assert _losses(fleet, before, ["hv3"]) == (0, 0)
+    # A re-run would kexec this machine, the one that runs the tests: the campaign's row, with its re-run, comes
+    # from the kexec lab (tests/kexec/test_kexec_faults.py).
 
 
-def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothing(fleet, campaign):
+def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothing(fleet):
     """The kexec path up to the point of no return, on one host picked with --limit."""
     kernel = os.path.join(fleet.workdir, "vmlinuz-9.9.9-test")
     initrd = os.path.join(fleet.workdir, "initrd.img-9.9.9-test")
@@ -625,9 +624,8 @@ def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothi
     entry = _hosts(fleet.report())["hv3"]
     assert entry["status"] == "failed" and entry["phase"] == "prepare" and entry["vms"] == []
     assert entry["kernel_target"] == "9.9.9-test" and entry["planned_vms"] == ["r3a"]
-    campaign("target kernel not loadable by kexec", "role: kexec --load, before any VM stops",
-             "failed naming the kernel and kexec's words; no VM touched (re-run: kexec lab)",
-             *_losses(fleet, before, ["hv3"]), None)
+    assert _losses(fleet, before, ["hv3"]) == (0, 0)
+    # The campaign's row, with a re-run that kexecs, comes from the kexec lab (tests/kexec/test_kexec_faults.py).
 
 
 def test_a_vm_that_cannot_be_saved_is_shut_down_and_started_again(fleet):

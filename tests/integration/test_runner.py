@@ -176,7 +176,7 @@ class Job:
 @pytest.fixture(scope="module")
 def awx_job_dirs():
     # Short: unix socket paths are limited to 108 bytes.
-    workdir = tempfile.mkdtemp(prefix="hcpr-awx-", dir="/tmp")
+    workdir = tempfile.mkdtemp(prefix="hcpr-awx-", dir=tempfile.gettempdir())
     os.chmod(workdir, 0o700)
     try:
         vms = testbed.boot_vms(workdir, names=VMS, timeout=240)

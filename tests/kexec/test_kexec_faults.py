@@ -1,7 +1,8 @@
 """Fault campaign rows that need a host that really kexecs: one L1 test hypervisor of the kexec lab.
 
 Everything kexecs inside the L1 host (a TCG VM, tests/kexec/lab.py), never this machine. Slow (a real kexec
-under TCG takes minutes) and needs root, QEMU 10 and kexec-tools, so it runs only when asked:
+under TCG takes minutes) and needs root, QEMU 10 and kexec-tools, so it runs only when asked, as
+scripts/test.sh (CI) does:
 
     HYPERVISOR_CPR_KEXEC_FAULTS=1 .venv/bin/pytest tests/kexec/test_kexec_faults.py
 
@@ -14,6 +15,8 @@ under TCG takes minutes) and needs root, QEMU 10 and kexec-tools, so it runs onl
    the save. The controller may already have started the save on the host, which then finishes without it:
    the test waits until no module runs there and accepts either outcome, both VMs untouched or both saved
    with manifests and state files; a re-run with the killed run's id kexecs the host and restores them.
+4. The target kernel is missing, then not loadable by kexec: each run fails before any VM stops; a re-run
+   naming a kernel that is there kexecs the host and restores both VMs.
 The rows land in the fault campaign table (tests/conftest.py, tests/output/faults.json).
 """
 
@@ -332,3 +335,44 @@ def test_a_run_killed_after_kexec_load_is_finished_by_a_rerun_with_its_id(lab, c
     campaign("ansible-playbook killed (SIGKILL)", "role: after kexec --load, before the save (kexec lab)",
              f"{left}; a re-run with the killed run's id kexec'd the host and restored both VMs, RAM identical "
              f"({seconds:.0f} s)", vms_lost, files_lost, True)
+
+
+def test_a_missing_or_unloadable_kernel_touches_nothing_and_a_rerun_with_the_kernel_finishes(lab, campaign):
+    kernel_before, boot_before = lab.facts()
+    target = lab.info["old_kernel"] if kernel_before == lab.info["new_kernel"] else lab.info["new_kernel"]
+    missing = "/var/tmp/vmlinuz-9.9.9-missing"
+    bad_kernel, bad_initrd = "/var/tmp/vmlinuz-9.9.9-bad", "/var/tmp/initrd.img-9.9.9-bad"
+    lab.ssh(f"rm -f {missing}; for f in {bad_kernel} {bad_initrd}; do echo 'not a kernel' > $f; done")
+    rows = []
+    for run_id, kernel, initrd, expected in (
+            ("missing1", missing, f"/boot/initrd.img-{target}", f"The kernel image {missing} does not exist on h0"),
+            ("badkernel1", bad_kernel, bad_initrd, f"kexec --load {bad_kernel} failed")):
+        code, output = lab.play(run_id, "-e", f"kernel_update_kernel={kernel}", "-e", f"kernel_update_initrd={initrd}")
+        assert code != 0, _explain(output)
+        assert expected in output, _explain(output)
+        assert lab.facts() == (kernel_before, boot_before), "no kexec happened"
+        manifests, files_lost = lab.left()
+        ok, report = lab.check(kernel_before)
+        assert manifests == [] and ok, json.dumps(report, indent=2)
+        rows.append((_guest_losses(report, manifests), files_lost))
+        _log(f"{run_id}: refused, both VMs untouched")
+
+    # The operator installs the kernel (here: names the one that is there) and runs the playbook again.
+    started = time.monotonic()
+    code, output = lab.play("kernel2", "-e", f"kernel_update_kernel=/boot/vmlinuz-{target}",
+                            "-e", f"kernel_update_initrd=/boot/initrd.img-{target}")
+    seconds = time.monotonic() - started
+    _log(f"re-run with the kernel: {seconds:.0f} s, exit {code}")
+    assert code == 0, _explain(output)
+    entry = lab.report("kernel2")
+    assert entry["status"] == "updated" and entry["rebooted"] and len(entry["vms"]) == 2, entry
+    kernel, boot_id = lab.facts()
+    assert kernel == target and boot_id != boot_before
+    ok, report = lab.check(target)
+    assert ok, json.dumps(report, indent=2)
+    assert lab.left() == ([], 0)
+    rerun = f"a re-run with the kernel kexec'd the host and restored both VMs, RAM identical ({seconds:.0f} s)"
+    campaign("target kernel missing", "preflight (kernel_update_kernel names no file; kexec lab)",
+             f"refused in the preflight naming the file; no VM touched; {rerun}", *rows[0], True)
+    campaign("target kernel not loadable by kexec", "role: kexec --load, before any VM stops (kexec lab)",
+             f"failed naming the kernel and kexec's words; no VM touched; {rerun}", *rows[1], True)
