@@ -166,6 +166,31 @@ def _explain(output):
     return output[-6000:]
 
 
+def _next_kernel(lab):
+    """(kernel, boot id) now, the lab's other kernel to kexec into, and the -e options that name it."""
+    kernel, boot_id = lab.facts()
+    target = lab.info["old_kernel"] if kernel == lab.info["new_kernel"] else lab.info["new_kernel"]
+    pin = ["-e", f"kernel_update_kernel=/boot/vmlinuz-{target}", "-e", f"kernel_update_initrd=/boot/initrd.img-{target}"]
+    return kernel, boot_id, target, pin
+
+
+def _rerun_kexecs_and_restores(lab, run_id, pin, target, boot_before, what):
+    """Run the playbook again: it must kexec the host into target and restore both VMs as they were."""
+    started = time.monotonic()
+    code, output = lab.play(run_id, *pin)
+    seconds = time.monotonic() - started
+    _log(f"{what}: {seconds:.0f} s, exit {code}")
+    assert code == 0, _explain(output)
+    entry = lab.report(run_id)
+    assert entry["status"] == "updated" and entry["rebooted"] and len(entry["vms"]) == 2, entry
+    kernel, boot_id = lab.facts()
+    assert kernel == target and boot_id != boot_before
+    ok, report = lab.check(target)
+    assert ok, json.dumps(report, indent=2)
+    assert lab.left() == ([], 0)
+    return seconds
+
+
 def _guest_losses(report, manifests):
     """Guests that are neither back as they were nor restorable from a manifest."""
     return sum(1 for guest in report["hosts"][0]["guests"]
@@ -230,9 +255,7 @@ def test_a_host_back_on_the_wrong_kernel_gets_its_vms_back_and_stops_the_rollout
 
 def test_a_run_killed_after_the_kexec_is_finished_by_a_rerun_with_its_id(lab, campaign):
     # The host runs the new kernel after the test above (or the old one, alone): kexec into the other.
-    kernel_before, boot_before = lab.facts()
-    target = lab.info["old_kernel"] if kernel_before == lab.info["new_kernel"] else lab.info["new_kernel"]
-    pin = ["-e", f"kernel_update_kernel=/boot/vmlinuz-{target}", "-e", f"kernel_update_initrd=/boot/initrd.img-{target}"]
+    _kernel_before, boot_before, target, pin = _next_kernel(lab)
     boots = len(lab.serial_boots())
     started = time.monotonic()
     run = lab.start("killed1", *pin)
@@ -286,9 +309,7 @@ def _modules_running(lab):
 
 
 def test_a_run_killed_after_kexec_load_is_finished_by_a_rerun_with_its_id(lab, campaign):
-    kernel_before, boot_before = lab.facts()
-    target = lab.info["old_kernel"] if kernel_before == lab.info["new_kernel"] else lab.info["new_kernel"]
-    pin = ["-e", f"kernel_update_kernel=/boot/vmlinuz-{target}", "-e", f"kernel_update_initrd=/boot/initrd.img-{target}"]
+    kernel_before, boot_before, target, pin = _next_kernel(lab)
     assert lab.ssh("cat /sys/kernel/kexec_loaded").strip() == "0"
     run = lab.start("loaded1", *pin)
     try:
@@ -320,26 +341,14 @@ def test_a_run_killed_after_kexec_load_is_finished_by_a_rerun_with_its_id(lab, c
     _log(f"after the kill: {left}")
     vms_lost = _guest_losses(report, manifests)
 
-    started = time.monotonic()
-    code, output = lab.play("loaded1", *pin)
-    seconds = time.monotonic() - started
-    _log(f"re-run with the killed run's id: {seconds:.0f} s, exit {code}")
-    assert code == 0, _explain(output)
-    entry = lab.report("loaded1")
-    assert entry["status"] == "updated" and entry["rebooted"] and len(entry["vms"]) == 2, entry
-    kernel, boot_id = lab.facts()
-    assert kernel == target and boot_id != boot_before
-    ok, report = lab.check(target)
-    assert ok, json.dumps(report, indent=2)
-    assert lab.left() == ([], 0)
+    seconds = _rerun_kexecs_and_restores(lab, "loaded1", pin, target, boot_before, "re-run with the killed run's id")
     campaign("ansible-playbook killed (SIGKILL)", "role: after kexec --load, before the save (kexec lab)",
              f"{left}; a re-run with the killed run's id kexec'd the host and restored both VMs, RAM identical "
              f"({seconds:.0f} s)", vms_lost, files_lost, True)
 
 
 def test_a_missing_or_unloadable_kernel_touches_nothing_and_a_rerun_with_the_kernel_finishes(lab, campaign):
-    kernel_before, boot_before = lab.facts()
-    target = lab.info["old_kernel"] if kernel_before == lab.info["new_kernel"] else lab.info["new_kernel"]
+    kernel_before, boot_before, target, pin = _next_kernel(lab)
     missing = "/var/tmp/vmlinuz-9.9.9-missing"
     bad_kernel, bad_initrd = "/var/tmp/vmlinuz-9.9.9-bad", "/var/tmp/initrd.img-9.9.9-bad"
     lab.ssh(f"rm -f {missing}; for f in {bad_kernel} {bad_initrd}; do echo 'not a kernel' > $f; done")
@@ -358,19 +367,7 @@ def test_a_missing_or_unloadable_kernel_touches_nothing_and_a_rerun_with_the_ker
         _log(f"{run_id}: refused, both VMs untouched")
 
     # The operator installs the kernel (here: names the one that is there) and runs the playbook again.
-    started = time.monotonic()
-    code, output = lab.play("kernel2", "-e", f"kernel_update_kernel=/boot/vmlinuz-{target}",
-                            "-e", f"kernel_update_initrd=/boot/initrd.img-{target}")
-    seconds = time.monotonic() - started
-    _log(f"re-run with the kernel: {seconds:.0f} s, exit {code}")
-    assert code == 0, _explain(output)
-    entry = lab.report("kernel2")
-    assert entry["status"] == "updated" and entry["rebooted"] and len(entry["vms"]) == 2, entry
-    kernel, boot_id = lab.facts()
-    assert kernel == target and boot_id != boot_before
-    ok, report = lab.check(target)
-    assert ok, json.dumps(report, indent=2)
-    assert lab.left() == ([], 0)
+    seconds = _rerun_kexecs_and_restores(lab, "kernel2", pin, target, boot_before, "re-run with the kernel")
     rerun = f"a re-run with the kernel kexec'd the host and restored both VMs, RAM identical ({seconds:.0f} s)"
     campaign("target kernel missing", "preflight (kernel_update_kernel names no file; kexec lab)",
              f"refused in the preflight naming the file; no VM touched; {rerun}", *rows[0], True)
