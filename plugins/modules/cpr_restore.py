@@ -17,8 +17,8 @@ description:
     same migration mode and capabilities as the save.
   - Guests the save suspended are woken; paused VMs stay paused; suspended ones stay suspended. Where the guest
     agent answered before the save, the module waits until it answers again.
-  - Only when a VM is back in its old runstate are its state file and manifest removed (unless O(keep_state)). On any
-    failure they are kept, the error says why, and running the module again retries.
+  - Only when a VM is back in its old runstate are its state file and manifest removed (with O(keep_state), renamed).
+    On any failure they are kept, the error says why, and running the module again retries.
   - The new QEMU is detached so it outlives the module. When systemd runs the host it is started under
     C(systemd-run) as a transient unit, so systemd supervises it; otherwise in a session of its own, with its output
     in C(<state_dir>/<name>.log).
@@ -40,7 +40,11 @@ options:
     type: float
     default: 300.0
   keep_state:
-    description: Keep state files and manifests after a successful restore.
+    description:
+      - Keep the state file and manifest of each VM restored, for inspection.
+      - They are renamed to C(<name>.state.restored) and C(<name>.json.restored) (replacing those an earlier restore
+        kept; the mode stays C(0600)). Under their own names they would say the VM still waits for a restore, and a
+        later M(hypervisor.cpr.cpr_save) would skip the running VM or refuse it.
     type: bool
     default: false
   verify_checksum:
@@ -117,7 +121,7 @@ vms:
       description: Seconds from the stop at the save to the VM back in its old runstate, across the reboot.
       type: float
     state_kept:
-      description: Whether the state file and manifest were kept.
+      description: Whether the state file and manifest were kept, as C(<name>.state.restored) and C(<name>.json.restored).
       type: bool
 would_restore:
   description: Names of the VMs this call restores (or in check mode would restore).

@@ -205,3 +205,38 @@ def test_save_that_times_out_resumes_the_vm(vm_dir):
     assert vms[0].runstate() == "running"
     assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
     _assert_survived(vms, before)
+
+
+def test_keep_state_keeps_files_that_do_not_look_like_a_pending_save(vm_dir):
+    """keep_state keeps the files for inspection under .restored names; the VM can be saved and restored again."""
+    vms = testbed.boot_vms(vm_dir, names=["keeper"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    cpr.save(names=["keeper"], state_dir=state_dir, reboot="none", timeout=60)
+    restored = cpr.restore(state_dir=state_dir, timeout=60, keep_state=True)
+    assert [vm["state_kept"] for vm in restored["vms"]] == [True]
+    kept = sorted(f for f in os.listdir(state_dir) if not f.startswith("."))
+    assert kept == ["keeper.json.restored", "keeper.log", "keeper.state.restored"]
+    for name in ("keeper.json.restored", "keeper.state.restored"):
+        assert os.stat(os.path.join(state_dir, name)).st_mode & 0o777 == 0o600
+    with open(os.path.join(state_dir, "keeper.json.restored"), encoding="utf-8") as handle:
+        first = json.load(handle)
+    assert first["name"] == "keeper"
+    assert os.path.getsize(os.path.join(state_dir, "keeper.state.restored")) == first["state_bytes"]
+    _assert_survived(vms, before)
+
+    # The kept files are no pending save: the running VM is saved again, not skipped.
+    again = cpr.save(names=["keeper"], state_dir=state_dir, reboot="none", timeout=60)
+    assert [(vm["changed"], vm["quit"]) for vm in again["vms"]] == [(True, True)]
+    assert not vms[0].alive()
+    cpr.restore(state_dir=state_dir, timeout=60, keep_state=True)
+    # A second kept restore replaces the first one's files.
+    assert sorted(f for f in os.listdir(state_dir) if f.endswith(".restored")) == [
+        "keeper.json.restored", "keeper.state.restored"]
+    with open(os.path.join(state_dir, "keeper.json.restored"), encoding="utf-8") as handle:
+        assert json.load(handle)["paused_at"] > first["paused_at"]
+    _assert_survived(vms, before)
+    # kexec refused a running VM beside a kept manifest ("a manifest from an earlier save exists"): the check
+    # mode runs every check before the blackout.
+    assert cpr.save(names=["keeper"], state_dir=state_dir, reboot="kexec", timeout=60,
+                    check_mode=True)["would_save"] == ["keeper"]
