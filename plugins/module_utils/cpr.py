@@ -794,23 +794,30 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
             state = await wait_runstate(session, expected, timeout, "the restore")
         if manifest.suspended_by_us:
             await wake_guest(session, timeout)
-    return await _finish_restore(manifest, pid, state_dir, timeout, keep_state, started, changed=True)
+        back_at = time.time()
+    return await _finish_restore(manifest, pid, state_dir, timeout, keep_state, started, changed=True, back_at=back_at)
 
 
 async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str, timeout: float, keep_state: bool,
-                          started: float, changed: bool) -> RestoreResult:
+                          started: float, changed: bool, back_at: Optional[float] = None) -> RestoreResult:
+    """Check the VM is back in its old runstate, wait for its guest agent, then remove (or keep) its files.
+
+    back_at is when the restore saw the VM back in its old runstate; the downtime ends there, not after the
+    wait for the guest agent.
+    """
     expected = _expected_runstate(manifest)
     async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
         state = await runstate(session)
         if state == "suspended" and manifest.suspended_by_us:
             await wake_guest(session, timeout)
-            state, changed = "running", True
+            state, changed, back_at = "running", True, time.time()
     if state != expected:
         raise CprError(f"after the restore the VM is {state}, not {expected} as before the save", manifest.name,
                        hint="the state file and manifest are kept; inspect the VM")
+    # An earlier run brought it back and stopped before cleaning up: back at the latest now.
+    downtime = (back_at or time.time()) - manifest.paused_at
     if manifest.agent_answered and state == "running" and manifest.qga_socket:
         await wait_agent(manifest.name, manifest.qga_socket, timeout)
-    downtime = time.time() - manifest.paused_at
     await asyncio.to_thread(keep_restored if keep_state else remove_saved, state_dir, manifest.name)
     return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, downtime, keep_state)
 

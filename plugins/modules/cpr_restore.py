@@ -115,10 +115,14 @@ vms:
       type: str
       sample: running
     restore_seconds:
-      description: Seconds the restore took, from the start of the new QEMU.
+      description: Seconds this VM's restore took, from its start (checksum, new QEMU) to its guest agent answering.
       type: float
     downtime_seconds:
-      description: Seconds from the stop at the save to the VM back in its old runstate, across the reboot.
+      description:
+        - Seconds from RV(hypervisor.cpr.cpr_save#module:vms[].paused_at) (the stop, or the suspend when the save
+          suspended the guest) to the VM back in its old runstate (woken, when the save suspended it), across the
+          reboot. The wait for the guest agent afterwards is not part of it.
+        - For a VM that an interrupted earlier run brought back, until this run found it back.
       type: float
     state_kept:
       description: Whether the state file and manifest were kept, as C(<name>.state.restored) and C(<name>.json.restored).

@@ -7,7 +7,10 @@ is identical and its counter went on from where it was.
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 import testbed
@@ -240,3 +243,39 @@ def test_keep_state_keeps_files_that_do_not_look_like_a_pending_save(vm_dir):
     # mode runs every check before the blackout.
     assert cpr.save(names=["keeper"], state_dir=state_dir, reboot="kexec", timeout=60,
                     check_mode=True)["would_save"] == ["keeper"]
+
+
+def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
+    """downtime_seconds: from paused_at to the VM back in its old runstate; the wait for its agent is not in it."""
+    vms = testbed.boot_vms(vm_dir, names=["lateagent"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    [saved] = cpr.save(names=["lateagent"], state_dir=state_dir, reboot="none", timeout=60)["vms"]
+    held = threading.Event()
+
+    def hold_agent_channel():
+        """Be the agent socket's one client for 4 s as soon as the new QEMU listens: the restore's ping waits."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_UNIX) as client:
+                try:
+                    client.connect(str(vms[0].qga_socket))
+                except OSError:
+                    time.sleep(0.001)
+                    continue
+                held.set()
+                time.sleep(4)
+                return
+
+    holder = threading.Thread(target=hold_agent_channel)
+    holder.start()
+    try:
+        [result] = cpr.restore(state_dir=state_dir, timeout=60)["vms"]
+        returned = time.time()
+    finally:
+        holder.join()
+    assert held.is_set()
+    assert result["restore_seconds"] > 3.5, "the restore waited for the agent"
+    back_at = saved["paused_at"] + result["downtime_seconds"]
+    assert 0 < result["downtime_seconds"] and returned - back_at > 3, "the downtime ends before the agent wait"
+    _assert_survived(vms, before)
