@@ -660,21 +660,49 @@ def _systemd_runs_host() -> bool:
     return os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") is not None
 
 
-def launch(manifest: Manifest, state_dir: str, launch_mode: str, unit: str) -> Optional[subprocess.Popen]:
-    """Start the new QEMU so it outlives this process; return the child when we hold it."""
+def systemd_unit_name(template: str, name: str) -> str:
+    """The operator's unit for a VM (launch: systemd): {name} in the template replaced by the VM's name."""
+    return template.replace("{name}", name)
+
+
+def transient_unit_name(name: str, now: float) -> str:
+    """The transient unit systemd-run starts a VM's QEMU in; the time keeps it apart from a failed earlier one."""
+    return f"hypervisor-cpr-{name}-{int(now)}.service"
+
+
+def systemctl_start_command(unit: str) -> List[str]:
+    return ["systemctl", "start", unit]
+
+
+def systemd_run_command(unit: str, argv: List[str], cwd: str) -> List[str]:
+    """QEMU as a transient service: systemd supervises it, and it outlives this process (--collect: no failed leftover)."""
+    return ["systemd-run", f"--unit={unit}", "--collect", f"--working-directory={cwd}", "--", *argv]
+
+
+def launch(manifest: Manifest, state_dir: str, launch_mode: str,
+           unit: str) -> Tuple[Optional[subprocess.Popen], Optional[str]]:
+    """Start the new QEMU so it outlives this process.
+
+    Returns the child when we hold it, else the systemd unit it runs in (its output is in that unit's journal).
+    """
     if launch_mode == "systemd":
-        # The operator's unit adds -incoming defer itself (see the module documentation).
-        _run_starter(["systemctl", "start", unit.format(name=manifest.name)], manifest.name)
-        return None
-    return start_qemu(manifest.name, restore_argv(manifest), manifest.cwd, state_dir)
+        # The operator's unit runs the recorded command line with -incoming defer itself (see the module documentation).
+        started = systemd_unit_name(unit, manifest.name)
+        _run_starter(systemctl_start_command(started), manifest.name)
+        return None, started
+    transient = transient_unit_name(manifest.name, time.time()) if _systemd_runs_host() else None
+    return start_qemu(manifest.name, restore_argv(manifest), manifest.cwd, state_dir, transient), transient
 
 
-def start_qemu(name: str, argv: List[str], cwd: str, state_dir: str) -> Optional[subprocess.Popen]:
-    """Start QEMU with this argv so it outlives this process: a transient unit under systemd, else detached."""
+def start_qemu(name: str, argv: List[str], cwd: str, state_dir: str,
+               unit: Optional[str] = None) -> Optional[subprocess.Popen]:
+    """Start QEMU with this argv so it outlives this process: a transient unit under systemd, else detached.
+
+    unit names the transient unit (default: one from the VM's name and the time).
+    """
     if not _systemd_runs_host():
         return spawn_detached(name, argv, cwd, state_dir)
-    _run_starter(["systemd-run", f"--unit=hypervisor-cpr-{name}-{int(time.time())}", "--collect",
-                  f"--working-directory={cwd}", "--", *argv], name)
+    _run_starter(systemd_run_command(unit or transient_unit_name(name, time.time()), argv, cwd), name)
     return None
 
 
@@ -702,10 +730,11 @@ def spawn_detached(name: str, argv: List[str], cwd: str, state_dir: str) -> subp
 
 
 async def wait_for_qmp(name: str, qmp_socket: str, child: Optional[subprocess.Popen], state_dir: str,
-                       timeout: float, stack: contextlib.AsyncExitStack) -> QmpSession:
+                       timeout: float, stack: contextlib.AsyncExitStack, unit: Optional[str] = None) -> QmpSession:
     """Wait until the new QEMU answers on its QMP socket and return that session (closed with stack).
 
-    If QEMU dies first, its own words are the error.
+    If QEMU dies first, its own words are the error. Without a child (systemd started it, in unit), a QEMU
+    that died shows only as the timeout, so the error says where its words are.
     """
     deadline = time.monotonic() + timeout
     delay = FIRST_POLL_SECONDS
@@ -718,12 +747,22 @@ async def wait_for_qmp(name: str, qmp_socket: str, child: Optional[subprocess.Po
             return await stack.enter_async_context(open_qmp(qmp_socket, vm=name, timeout=min(5.0, timeout)))
         except CprError as exc:
             if time.monotonic() > deadline:
-                raise NotAnsweringError(
-                    f"the new QEMU did not answer on {qmp_socket} within {timeout:g} s ({exc.message})",
-                    name, hint="it may be hung and is left as it is; a later cpr_restore continues with it "
-                    "once it answers, or starts another after you kill it; the state file and manifest are kept",
-                ) from None
+                raise _no_qmp_error(name, qmp_socket, timeout, exc.message, unit) from None
         delay = await _pause(delay)
+
+
+def _no_qmp_error(name: str, qmp_socket: str, timeout: float, why: str, unit: Optional[str]) -> NotAnsweringError:
+    message = f"the new QEMU did not answer on {qmp_socket} within {timeout:g} s ({why})"
+    if unit is None:
+        return NotAnsweringError(message, name, hint="it may be hung and is left as it is; a later cpr_restore "
+                                 "continues with it once it answers, or starts another after you kill it; the state "
+                                 "file and manifest are kept")
+    return NotAnsweringError(
+        f"{message}; systemd started it in {unit}", name,
+        hint=f"see why with systemctl status {unit} and journalctl -u {unit}: if QEMU exited, fix the cause; if the "
+        f"unit does not listen on {qmp_socket}, make it run the command line recorded in the manifest; a QEMU that "
+        "hangs is left as it is; the state file and manifest are kept, run cpr_restore again",
+    )
 
 
 def _log_tail(state_dir: str, name: str) -> str:
@@ -771,9 +810,10 @@ async def _restore_one(manifest: Manifest, state_dir: str, timeout: float, keep_
     if verify_checksum:
         # In a thread: the VMs' state files are checked at the same time.
         await asyncio.to_thread(verify_state_file, manifest)
-    child = await asyncio.to_thread(launch, manifest, state_dir, launch_mode, unit) if existing is None else None
+    child, started_unit = (await asyncio.to_thread(launch, manifest, state_dir, launch_mode, unit)
+                           if existing is None else (None, None))
     async with contextlib.AsyncExitStack() as stack:
-        session = await wait_for_qmp(name, manifest.qmp_socket, child, state_dir, timeout, stack)
+        session = await wait_for_qmp(name, manifest.qmp_socket, child, state_dir, timeout, stack, started_unit)
         pid = session.pid
         await _set_migration(session, manifest.capabilities, manifest.parameters)
         await session.execute("migrate-incoming", {"uri": f"file:{manifest.state_file}"})

@@ -57,9 +57,21 @@ options:
     description:
       - How to start the new QEMU.
       - V(argv) runs the recorded command line (under C(systemd-run) when systemd runs the host).
-      - V(systemd) starts the unit O(systemd_unit) instead, for VMs whose QEMU a unit of the operator's runs; that unit
-        must add C(-incoming defer) to QEMU's command line when a state file is pending, for example with an
-        C(ExecStart=) that appends C(-incoming defer) if C(<state_dir>/%i.json) exists.
+      - V(systemd) runs C(systemctl start) on the unit O(systemd_unit) instead, for VMs whose QEMU a unit of the
+        operator's runs.
+      - While C(<state_dir>/<name>.json) exists, that unit must start QEMU as V(argv) would, with the command line
+        recorded in the manifest (its C(argv)), any C(-S) and old C(-incoming) removed, the machine type pinned to the
+        manifest's versioned C(machine_type) (C(-machine pc-q35-10.0) appended) and C(-incoming defer) appended. The
+        restore waits for that QEMU on the QMP socket recorded in the manifest (C(qmp_socket)) and loads the state
+        there. A unit that boots its usual command line instead boots the guest afresh, which with RAM kept in place
+        overwrites the saved guest memory.
+      - The unit must be inactive once the save quit its QEMU (that QEMU exits with status 0, so use
+        C(Restart=on-failure), not C(Restart=always)), else C(systemctl start) does nothing. A unit that started at boot
+        and already waits for its state is used as it is.
+      - The collection ships such a template unit with its start script in C(examples/systemd/)
+        (C(qemu-cpr@.service), C(qemu-cpr-start)); use it with O(systemd_unit=qemu-cpr@{name}.service).
+      - systemd holds the output of that QEMU. When it does not answer within O(timeout), the error names the unit; see
+        C(systemctl status <unit>) and C(journalctl -u <unit>).
     type: str
     choices: [argv, systemd]
     default: argv

@@ -16,10 +16,14 @@ import pytest
 import testbed
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, suspend
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ManifestError
+from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotAnsweringError, NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ManifestError, read_manifest
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What the example unit examples/systemd/qemu-cpr@.service runs.
+UNIT_WRAPPER = os.path.join(REPO_ROOT, "examples", "systemd", "qemu-cpr-start")
 
 
 def _memory(vms):
@@ -279,3 +283,84 @@ def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
     back_at = saved["paused_at"] + result["downtime_seconds"]
     assert 0 < result["downtime_seconds"] and returned - back_at > 3, "the downtime ends before the agent wait"
     _assert_survived(vms, before)
+
+
+def _cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return [arg.decode() for arg in handle.read().split(b"\0")[:-1]]
+
+
+def _wait_for_agent(vm, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if vm.agent("guest-ping") == {}:
+                return
+        except Exception:  # pylint: disable=broad-exception-caught
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def test_launch_systemd_with_the_example_unit(vm_dir, monkeypatch):
+    """launch=systemd, with the example unit's ExecStart run where systemd would run it (PID 1 is not systemd here)."""
+    vms = testbed.boot_vms(vm_dir, names=["unitvm"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    args_dir = os.path.join(vm_dir, "args")
+    os.makedirs(args_dir)
+    with open(os.path.join(args_dir, "unitvm.args"), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{arg}\n" for arg in vms[0].argv))
+    environment = {"QEMU_CPR_STATE_DIR": state_dir, "QEMU_CPR_ARGS_DIR": args_dir}
+    started = []
+
+    def systemctl(command, name):
+        """What systemd does for "systemctl start qemu-cpr@<name>.service": run ExecStart with the unit's environment."""
+        assert command == ["systemctl", "start", f"qemu-cpr@{name}.service"]
+        with open(os.path.join(vm_dir, f"{name}.unit.log"), "ab") as log:
+            started.append(subprocess.Popen([UNIT_WRAPPER, name], env=dict(os.environ, **environment),
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+
+    monkeypatch.setattr(cpr, "_run_starter", systemctl)
+    restore = {"state_dir": state_dir, "timeout": 60, "launch_mode": "systemd", "unit": "qemu-cpr@{name}.service"}
+    command_lines = []
+    for cycle in range(2):
+        cpr.save(names=["unitvm"], state_dir=state_dir, reboot="none", timeout=60)
+        manifest = read_manifest(os.path.join(state_dir, "unitvm.json"))
+        [result] = cpr.restore(**restore)["vms"]
+        assert result["runstate"] == "running"
+        # The recorded command line, the versioned machine pinned once, waiting on the recorded QMP socket.
+        command_lines.append(_cmdline(result["pid"]))
+        assert command_lines[-1] == cpr.restore_argv(manifest)
+        assert command_lines[-1][-4:] == ["-machine", manifest.machine_type, "-incoming", "defer"]
+        _assert_survived(vms, before)
+        assert len(started) == cycle + 1
+    assert command_lines[0] == command_lines[1]
+
+    # A unit whose QEMU does not come up (here the wrapper refuses a manifest without a command line): the error
+    # names the unit and where its output is.
+    cpr.save(names=["unitvm"], state_dir=state_dir, reboot="none", timeout=60)
+    broken = os.path.join(vm_dir, "broken")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "unitvm.json"), "w", encoding="utf-8") as handle:
+        handle.write("{}")
+    environment["QEMU_CPR_STATE_DIR"] = broken
+    with pytest.raises(NotAnsweringError) as failure:
+        cpr.restore(**{**restore, "timeout": 3})
+    message = str(failure.value)
+    assert "VM unitvm: the new QEMU did not answer" in message and "systemd started it in qemu-cpr@unitvm.service" in message
+    assert "journalctl -u qemu-cpr@unitvm.service" in message
+    assert started[-1].wait(10) == 1
+    with open(os.path.join(vm_dir, "unitvm.unit.log"), encoding="utf-8") as handle:
+        assert "has no command line or machine type" in handle.read()
+    environment["QEMU_CPR_STATE_DIR"] = state_dir
+    cpr.restore(**restore)
+    _assert_survived(vms, before)
+
+    # Without a manifest the unit boots the VM afresh from its .args.
+    vms[0].kill()
+    systemctl(["systemctl", "start", "qemu-cpr@unitvm.service"], "unitvm")
+    _wait_for_agent(vms[0])
+    vms[0].refresh_pid()
+    assert _cmdline(vms[0].pid) == vms[0].argv
+    assert vms[0].marker() != before["unitvm"][0], "a fresh boot makes a new marker"
