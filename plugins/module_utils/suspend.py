@@ -21,6 +21,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
     CprError,
     NotAnsweringError,
+    raise_failures,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, forget_request, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import compile_query, endpoints, gather_all, run_query
@@ -135,23 +136,18 @@ def select_and_set_states(vms: Optional[List[Dict[str, Any]]], names: Optional[L
 
 
 def set_states(selected: List[VmEndpoint], state: str, timeout: float, check_mode: bool = False) -> List[Dict[str, Any]]:
-    """Suspend or wake many guests concurrently; all are attempted, then the errors are raised together."""
+    """Suspend or wake many guests concurrently; all are attempted, then the errors are raised together.
+
+    The error names each VM that failed, and carries the others (vms) and one entry per failure (errors).
+    """
 
     async def run_all() -> List[Any]:
         return await asyncio.gather(*(set_state(e, state, timeout, check_mode) for e in selected),
                                     return_exceptions=True)
 
     results = asyncio.run(run_all())
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise _combine(errors)
-    return [r.to_dict() for r in results]
-
-
-def _combine(errors: List[BaseException]) -> BaseException:
-    """One error for several VMs, naming each."""
-    if len(errors) == 1:
-        return errors[0]
-    first: Optional[CprError] = next((e for e in errors if isinstance(e, CprError)), None)
-    message = "; ".join(str(e) for e in errors)
-    return CprError(f"{len(errors)} VMs failed: {message}", first.vm if first else None)
+    done = [r.to_dict() for r in results if isinstance(r, SuspendResult)]
+    raise_failures([e.name for e in selected], results, {"changed": any(r["changed"] for r in done), "vms": done},
+                   "Suspended" if state == "suspended" else "Awake",
+                   "fix the cause and run again; guests already in the wanted state are left alone")
+    return done

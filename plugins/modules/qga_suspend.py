@@ -39,6 +39,7 @@ notes:
   - The guest must support suspend to RAM; QEMU must offer S3 (C(-global ICH9-LPC.disable_s3=0) on q35,
     C(-global PIIX4_PM.disable_s3=0) on pc).
   - A guest that does not reach V(suspended) within O(timeout) is left as it is, and the error says in which runstate.
+    The other guests of the call are handled all the same.
 """
 
 EXAMPLES = r"""
@@ -55,7 +56,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 vms:
-  description: One entry per selected VM.
+  description:
+    - One entry per selected VM.
+    - When some VMs fail, the module fails and this still lists the others, in the state they reached.
   returned: always
   type: list
   elements: dict
@@ -77,6 +80,19 @@ vms:
     seconds:
       description: Seconds it took to reach the runstate.
       type: float
+errors:
+  description: One entry per VM that did not reach the wanted state; each is left as it is.
+  returned: when the module fails because some VMs failed
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+    msg:
+      description: Why, and what to do.
+      type: str
+  sample: [{"name": "gpu1", "msg": "VM gpu1: the guest did not reach the suspended runstate within 10 s ..."}]
 """
 
 from ansible.module_utils.basic import AnsibleModule
