@@ -367,6 +367,34 @@ def test_launch_systemd_with_the_example_unit(vm_dir, monkeypatch):
     assert vms[0].marker() != before["unitvm"][0], "a fresh boot makes a new marker"
 
 
+def test_all_or_nothing_false_keeps_the_saved_vm_saved(vm_dir, qemu):
+    """all_or_nothing=false: the VM whose agent does not answer is resumed; the other stays saved, and restores."""
+    vms = testbed.boot_vms(vm_dir, names=["kept"])
+    before = _memory(vms)
+    qmp, qga = os.path.join(vm_dir, "mute.qmp"), os.path.join(vm_dir, "mute.qga")
+    # A guest agent socket with no agent behind it: firmware only, no guest.
+    mute = qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", "-name", "mute",
+                      "-chardev", f"socket,id=qga0,path={qga},server=on,wait=off", "-device", "virtio-serial",
+                      "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0", wait_for=qmp)
+    state_dir = os.path.join(vm_dir, "state")
+    with pytest.raises(CprError) as failure:
+        cpr.save(names=["kept", "mute"], state_dir=state_dir, reboot="none", suspend="all", timeout=5,
+                 all_or_nothing=False)
+    message = str(failure.value)
+    assert "VM mute: the guest agent on" in message and "did not answer within 5 s" in message
+    assert "Resumed as they were: mute" in message
+    assert message.endswith("Saved: kept. Fix the cause and run again; saved VMs are restored by cpr_restore")
+    assert mute.poll() is None and testbed.TestVM.runstate(_Socket(qmp)) == "running"
+    assert not vms[0].alive(), "the saved VM's QEMU quit"
+    assert sorted(f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))) == ["kept.json", "kept.state"]
+    with open(os.path.join(state_dir, "kept.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["suspended_by_us"] is True
+
+    restored = cpr.restore(state_dir=state_dir, timeout=60)
+    assert [(vm["name"], vm["runstate"]) for vm in restored["vms"]] == [("kept", "running")]
+    _assert_survived(vms, before)
+
+
 class _Socket:  # pylint: disable=too-few-public-methods
     """Just enough of a TestVM for its qmp() and runstate() on a hand-started QEMU."""
 
