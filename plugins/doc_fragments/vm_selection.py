@@ -45,6 +45,8 @@ options:
   timeout:
     description:
       - Seconds to wait for a QMP or guest agent socket to answer, per VM.
+      - For M(hypervisor.cpr.qga_suspend) it also bounds the wait for each guest to reach V(suspended) after
+        C(guest-suspend-ram), or V(running) after C(system_wakeup).
     type: float
     default: 10.0
 requirements:

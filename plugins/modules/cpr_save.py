@@ -158,7 +158,10 @@ vms:
       description: When the VM stopped, in seconds since the epoch.
       type: float
     save_seconds:
-      description: Seconds from the stop to the manifest written.
+      description:
+        - Seconds from QEMU's C(migrate) command to the state file synced to disk and the manifest written.
+        - The guest stopped earlier, at RV(vms[].paused_at); the suspend of a guest and the wait until every VM of the
+          call is ready to stop are not part of it.
       type: float
     quit:
       description: Whether its QEMU has quit.
