@@ -21,10 +21,18 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     CommandFailedError,
     CprError,
     NotAnsweringError,
+    NotReadyError,
     raise_failures,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, forget_request, open_agent, open_qmp
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import compile_query, endpoints, gather_all, run_query
+from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import (
+    S3_BLOCKED,
+    compile_query,
+    endpoints,
+    gather_all,
+    run_query,
+    s3_blocked,
+)
 
 POLL_SECONDS = 0.02
 
@@ -65,6 +73,9 @@ async def suspend_guest(session: QmpSession, endpoint: VmEndpoint, timeout: floa
     if not endpoint.qga_socket:
         raise CprError("the VM has no guest agent socket, so its guest cannot be suspended", endpoint.name,
                        hint="add a virtserialport named org.qemu.guest_agent.0 and run qemu-guest-agent in the guest")
+    if await s3_blocked(session):
+        # Asked anyway, the guest would come straight back and the wait below would time out.
+        raise NotReadyError(S3_BLOCKED, endpoint.name, hint="it is left running")
     async with open_agent(endpoint.qga_socket, vm=endpoint.name, timeout=timeout) as agent:
         await agent.execute("guest-ping")
         request = asyncio.ensure_future(agent.client.execute("guest-suspend-ram"))

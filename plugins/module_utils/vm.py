@@ -41,6 +41,12 @@ SAVABLE_RUNSTATES = ("running", "paused", "suspended")
 # Capabilities that cannot be combined with a cpr-reboot save to a file.
 CONFLICTING_CAPABILITIES = ("postcopy-ram", "x-colo", "background-snapshot")
 VFIO_TYPE_PREFIX = "vfio"
+ICH9_LPC = "ICH9-LPC"
+S3_BLOCKED = (
+    "the guest cannot suspend to RAM again in this boot: after its last resume its firmware left the q35 ACPI "
+    "power-management block unmapped (SeaBIOS does not map it again; OVMF does), so its next suspend never reaches "
+    "QEMU; reboot the guest once, or boot it with OVMF (UEFI) firmware"
+)
 
 
 @dataclass
@@ -82,6 +88,8 @@ class VmFacts:
     vfio: List[Dict[str, str]] = field(default_factory=list)
     agent: AgentFacts = field(default_factory=AgentFacts)
     migration: Dict[str, Any] = field(default_factory=dict)
+    # True when the guest's next suspend to RAM cannot reach QEMU (see s3_blocked).
+    s3_blocked: bool = False
     cpr: Optional[CprVerdict] = None
     error: Optional[str] = None
 
@@ -172,6 +180,8 @@ def _vfio_reasons(facts: VmFacts, version: Tuple[int, ...]) -> List[str]:
             f"VFIO devices ({devices}) require the guest to be suspended to RAM first, and its guest agent does not "
             f"answer: {facts.agent.error or 'the guest is not running'}"
         ]
+    if facts.s3_blocked:
+        return [f"VFIO devices ({devices}) require the guest to be suspended to RAM first, and {S3_BLOCKED}"]
     return []
 
 
@@ -212,6 +222,20 @@ async def _vfio_devices(session: QmpSession) -> List[Dict[str, str]]:
             if qom_type.startswith(VFIO_TYPE_PREFIX):
                 devices.append({"id": child["name"], "type": qom_type, "path": f"{container}/{child['name']}"})
     return devices
+
+
+async def s3_blocked(session: QmpSession) -> bool:
+    """True when the ACPI power-management I/O block of a q35 machine is unmapped.
+
+    On q35, system_wakeup resets the ICH9 LPC bridge, and SeaBIOS's resume path does not map its PM block
+    again (OVMF does; the pc machine's PIIX4 is not affected). The guest's next S3 request then goes to an
+    unmapped port: QEMU never sees it and the guest comes straight back, as if woken at once.
+    """
+    for child in await _optional(session, "qom-list", {"path": "/machine/unattached"}) or []:
+        if child["type"] == f"child<{ICH9_LPC}>":
+            path = f"/machine/unattached/{child['name']}"
+            return await _optional(session, "qom-get", {"path": path, "property": "pm_io_base"}) == 0
+    return False
 
 
 async def _migration(session: QmpSession) -> Dict[str, Any]:
@@ -259,6 +283,7 @@ async def gather(endpoint: VmEndpoint, *, timeout: float, reboot: str = "kexec",
                 "qom-get", {"path": "/machine", "property": "type"})).replace("-machine", "")
             facts.memory_backends = await _memory_backends(session, facts.pid)
             facts.vfio = await _vfio_devices(session)
+            facts.s3_blocked = await s3_blocked(session)
             facts.migration = await _migration(session)
     except CprError as exc:
         facts.error = str(exc)

@@ -177,6 +177,14 @@ vms:
           description: QOM path of the device.
           type: str
           sample: /machine/peripheral/hostdev0
+    s3_blocked:
+      description:
+        - Whether the guest cannot suspend to RAM again in this boot. On a q35 machine with SeaBIOS, the first resume
+          from suspend leaves the ACPI power-management block unmapped, so the next suspend never reaches QEMU. A
+          VFIO guest in that state is not ready (see RV(vms[].cpr.reasons)); reboot the guest once, or boot it with
+          OVMF (UEFI) firmware.
+      type: bool
+      sample: false
     agent:
       description: The guest agent.
       type: dict

@@ -1,7 +1,7 @@
 """The readiness verdict, for cases QEMU under TCG cannot produce (VFIO) and the RAM plan."""
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import MemoryBackend
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import AgentFacts, VmFacts, ram_plan, verdict
+from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import S3_BLOCKED, AgentFacts, VmFacts, ram_plan, verdict
 
 
 def _backend(backend_id="ram0", share=True, mappable=True, persistent=True, size=256 << 20):
@@ -33,6 +33,10 @@ def test_vfio_needs_an_answering_agent():
     assert "no guest agent socket" in no_socket.reasons[0]
     # Already suspended: nothing more to ask of the agent.
     assert verdict(_facts(vfio=vfio, runstate="suspended", qga_socket=None)).ready
+    # A q35 guest whose SeaBIOS left the ACPI PM block unmapped after a resume cannot suspend again.
+    blocked = verdict(_facts(vfio=vfio, s3_blocked=True))
+    assert blocked.reasons == [f"VFIO devices (hostdev0) require the guest to be suspended to RAM first, and {S3_BLOCKED}"]
+    assert verdict(_facts(s3_blocked=True)).ready, "a guest that need not suspend is not held back"
 
 
 def test_vfio_needs_qemu_9():
