@@ -26,7 +26,7 @@ ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
 # prints one table with every row.
 step "pytest: unit, real QEMU, playbooks, fault campaign"
 status=0
-HYPERVISOR_CPR_KEXEC_FAULTS=1 "$VENV/bin/pytest" -q -ra tests || status=$?
+HYPERVISOR_CPR_KEXEC_FAULTS=1 "$VENV/bin/pytest" -q -ra --durations=15 tests || status=$?
 # Exit 5 means pytest collected no test at all: that is a failure here.
 if [ "$status" -ne 0 ]; then
     echo "pytest failed (exit $status)" >&2
