@@ -47,8 +47,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     ManifestError,
     check_name,
     ensure_state_dir,
-    fsync_dir,
     host_lock,
+    keep_restored,
     list_manifests,
     manifest_path,
     read_manifest,
@@ -96,8 +96,6 @@ ROLLED_BACK = "rolled back and resumed, because another VM of this call failed t
 # How a VM recorded for a fresh start went down (vm_power records how it shut a guest down).
 HOW_QEMU_DIED = "qemu-died-during-save"
 FINAL_MIGRATION_STATES = ("completed", "failed", "cancelled")
-# keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
-RESTORED_SUFFIX = ".restored"
 
 
 @dataclass
@@ -860,22 +858,6 @@ async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str
         await wait_agent(manifest.name, manifest.qga_socket, timeout)
     await asyncio.to_thread(keep_restored if keep_state else remove_saved, state_dir, manifest.name)
     return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, downtime, keep_state)
-
-
-def keep_restored(state_dir: str, name: str) -> None:
-    """Keep a restored VM's manifest and state file for inspection, as ``<file>.restored``.
-
-    Under their own names they would say the VM is saved and waits for a restore: a later save would skip
-    the running VM (reboot none) or refuse it (kexec, reboot). Files kept by an earlier restore are replaced;
-    the mode (0600) stays. The state file goes first: a manifest left alone after a crash is still finished
-    by the next cpr_restore.
-    """
-    for path in (state_path(state_dir, name), manifest_path(state_dir, name)):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, path + RESTORED_SUFFIX)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(saving_path(state_dir, name))
-    fsync_dir(state_dir)
 
 
 def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = None, timeout: float = 300.0,

@@ -30,6 +30,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprEr
 
 FORMAT_VERSION = 1
 LOCK_NAME = ".hypervisor-cpr.lock"
+# keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
+RESTORED_SUFFIX = ".restored"
 # A VM name becomes a file name: keep it to characters that are safe there.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 
@@ -241,6 +243,22 @@ def remove_saved(state_dir: str, name: str) -> None:
     for path in (state_path(state_dir, name), manifest_path(state_dir, name), saving_path(state_dir, name)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    fsync_dir(state_dir)
+
+
+def keep_restored(state_dir: str, name: str) -> None:
+    """Keep a restored VM's manifest and state file for inspection, as ``<file>.restored``.
+
+    Under their own names they would say the VM is saved and waits for a restore: a later save would skip
+    the running VM (reboot none) or refuse it (kexec, reboot). Files kept by an earlier restore are replaced;
+    the mode (0600) stays. The state file goes first: a manifest left alone after a crash is still finished
+    by the next cpr_restore.
+    """
+    for path in (state_path(state_dir, name), manifest_path(state_dir, name)):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, path + RESTORED_SUFFIX)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(saving_path(state_dir, name))
     fsync_dir(state_dir)
 
 
