@@ -430,11 +430,16 @@ def _record_for_a_fresh_start(job: _SaveJob, state_dir: str) -> None:
     (which the kernel_update role runs) boots the VM again; the partial state file is removed.
     """
     facts = job.facts
-    record = StopRecord(facts.name, fresh_argv(facts.argv), job.cwd, facts.qmp_socket, facts.qga_socket,
-                        bool(facts.agent.answering) or job.suspended_by_us, HOW_QEMU_DIED, time.time())
-    write_json_atomically(stopped_path(state_dir, facts.name), asdict(record))
+    record_stopped(state_dir, facts, job.cwd, bool(facts.agent.answering) or job.suspended_by_us, HOW_QEMU_DIED)
     remove_saved(state_dir, facts.name)
     job.died = True
+
+
+def record_stopped(state_dir: str, facts: VmFacts, cwd: str, agent_answered: bool, how: str) -> None:
+    """Write ``<state_dir>/<name>.stopped``: what vm_power state=started needs to boot the VM again."""
+    record = StopRecord(facts.name, fresh_argv(facts.argv), cwd, facts.qmp_socket, facts.qga_socket, agent_answered,
+                        how, time.time())
+    write_json_atomically(stopped_path(state_dir, facts.name), asdict(record))
 
 
 def _already_saved(state_dir: str, names: List[str], running: Dict[str, VmEndpoint],

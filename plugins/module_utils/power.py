@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import (
     CONNECT_TIMEOUT,
     POLL_SECONDS,
-    fresh_argv,
     process_cwd,
     quit_qemu,
+    record_stopped,
     start_qemu,
     wait_agent,
     wait_exit,
@@ -51,7 +51,6 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
     host_lock,
     list_stopped,
     stopped_path,
-    write_json_atomically,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import forget_request, open_agent, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import VmFacts, compile_query, gather_all, run_query
@@ -124,11 +123,8 @@ async def _stop_one(facts: VmFacts, state_dir: str, timeout: float) -> PowerResu
     name = facts.name
     started = time.monotonic()
     how = HOW_AGENT if facts.agent.answering and facts.qga_socket else HOW_ACPI
-    record = StopRecord(name, fresh_argv(facts.argv), process_cwd(facts.pid), facts.qmp_socket, facts.qga_socket,
-                        bool(facts.agent.answering), how, time.time())
-    path = stopped_path(state_dir, name)
     # Written first: a run that dies while the guest powers off still knows how to start it.
-    write_json_atomically(path, asdict(record))
+    record_stopped(state_dir, facts, process_cwd(facts.pid), bool(facts.agent.answering), how)
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(open_qmp(facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT))
