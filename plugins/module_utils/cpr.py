@@ -124,6 +124,15 @@ class RestoreResult:
     restore_seconds: float
     downtime_seconds: Optional[float]
     state_kept: bool
+    # From the save, as its manifest recorded it.
+    runstate_before: str
+    suspended_by_us: bool
+    paused_at: float
+    save_seconds: float
+    state_bytes: int
+    ram_in_place: bool
+    # When the VM was back in its old runstate (seconds since the epoch).
+    back_at: float
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -291,21 +300,26 @@ async def _save_to_file(session: QmpSession, job: _SaveJob, state_dir: str, rebo
     state = await runstate(session)
     if state != "postmigrate":
         raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", name)
-    job.result = await asyncio.to_thread(_seal, state_dir, job.manifest, 0.0)
-    job.result.save_seconds = time.monotonic() - started
+    job.result = await asyncio.to_thread(_seal, state_dir, job.manifest, started)
     return job.manifest
 
 
-def _seal(state_dir: str, manifest: Manifest, seconds: float) -> SaveResult:
-    """fsync and checksum a complete state file, then turn the .saving record into the manifest."""
+def _seal(state_dir: str, manifest: Manifest, started: Optional[float]) -> SaveResult:
+    """fsync and checksum a complete state file, then turn the .saving record into the manifest.
+
+    started (monotonic) is when QEMU was told to migrate; None when an earlier run did that.
+    """
     digest = sync_and_digest(manifest.state_file)
     manifest.state_bytes, manifest.state_sha256 = digest["state_bytes"], digest["state_sha256"]
     manifest.saved_at = time.time()
+    if started is not None:
+        manifest.save_seconds = time.monotonic() - started
     write_manifest(state_dir, manifest)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(saving_path(state_dir, manifest.name))
     return SaveResult(manifest.name, True, manifest.state_file, manifest.state_bytes, manifest.ram_in_place,
-                      manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at, seconds, False)
+                      manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at,
+                      manifest.save_seconds if started is not None else 0.0, False)
 
 
 def process_cwd(pid: Optional[int]) -> str:
@@ -564,7 +578,7 @@ async def _finish_interrupted(facts: List[VmFacts], state_dir: str, quit_after: 
     for vm_facts in facts:
         record = read_manifest(saving_path(state_dir, vm_facts.name))
         if vm_facts.runstate == "postmigrate" and vm_facts.migration.get("status") == "completed":
-            result = _seal(state_dir, record, 0.0)
+            result = _seal(state_dir, record, None)
             if quit_after:
                 async with open_qmp(vm_facts.qmp_socket, vm=vm_facts.name, timeout=CONNECT_TIMEOUT) as session:
                     await quit_qemu(session, session.pid or vm_facts.pid, CONNECT_TIMEOUT)
@@ -858,11 +872,13 @@ async def _finish_restore(manifest: Manifest, pid: Optional[int], state_dir: str
         raise CprError(f"after the restore the VM is {state}, not {expected} as before the save", manifest.name,
                        hint="the state file and manifest are kept; inspect the VM")
     # An earlier run brought it back and stopped before cleaning up: back at the latest now.
-    downtime = (back_at or time.time()) - manifest.paused_at
+    back_at = back_at or time.time()
     if manifest.agent_answered and state == "running" and manifest.qga_socket:
         await wait_agent(manifest.name, manifest.qga_socket, timeout)
     await asyncio.to_thread(keep_restored if keep_state else remove_saved, state_dir, manifest.name)
-    return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, downtime, keep_state)
+    return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, back_at - manifest.paused_at,
+                         keep_state, manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at,
+                         manifest.save_seconds, manifest.state_bytes, manifest.ram_in_place, back_at)
 
 
 def restore(state_dir: str = "/var/lib/qemu-cpr", names: Optional[List[str]] = None, timeout: float = 300.0,

@@ -74,6 +74,8 @@ class Manifest:
     state_bytes: int = 0
     state_sha256: str = ""
     saved_at: float = 0.0
+    # Seconds from QEMU's migrate command to the state file synced and checksummed.
+    save_seconds: float = 0.0
     format: int = FORMAT_VERSION
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -301,6 +303,19 @@ def list_stopped(state_dir: str) -> List[StopRecord]:
         return []
     return [read_stopped(os.path.join(state_dir, entry))
             for entry in sorted(os.listdir(state_dir)) if entry.endswith(STOPPED_SUFFIX)]
+
+
+def pending(state_dir: str, current_boot_id: str) -> Dict[str, List[Dict[str, Any]]]:
+    """The VMs a state directory holds: saved and not yet restored, and shut down and not yet started."""
+    saved = [{
+        "name": m.name, "runstate_before": m.runstate_before, "suspended_by_us": m.suspended_by_us,
+        "agent_answered": m.agent_answered, "ram_in_place": m.ram_in_place, "state_bytes": m.state_bytes,
+        "paused_at": m.paused_at, "saved_at": m.saved_at, "save_seconds": m.save_seconds, "reboot": m.reboot,
+        "kernel": m.kernel, "boot_id": m.boot_id, "saved_this_boot": m.boot_id == current_boot_id,
+    } for m in list_manifests(state_dir)]
+    stopped = [{"name": r.name, "how": r.how, "stopped_at": r.stopped_at, "agent_answered": r.agent_answered}
+               for r in list_stopped(state_dir)]
+    return {"saved": saved, "stopped": stopped}
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +25,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     MissingDependencyError,
     SelectionError,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils.host import boot_id
+from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ensure_state_dir, pending
 from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import MemoryBackend, classify
 from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
 
@@ -90,6 +93,8 @@ class VmFacts:
     migration: Dict[str, Any] = field(default_factory=dict)
     # True when the guest's next suspend to RAM cannot reach QEMU (see s3_blocked).
     s3_blocked: bool = False
+    # QEMU maps executable code deleted from disk since it started (an upgraded binary or library); None: unknown.
+    runs_replaced_code: Optional[bool] = None
     cpr: Optional[CprVerdict] = None
     error: Optional[str] = None
 
@@ -106,6 +111,19 @@ def version_tuple(version: Optional[str]) -> Tuple[int, ...]:
     if not version:
         return ()
     return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def runs_replaced_code(pid: Optional[int]) -> Optional[bool]:
+    """Whether a process maps executable files deleted from disk, as an upgrade of QEMU or a library leaves them."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:
+            # address perms offset dev inode path: an executable mapping of a replaced file ends in " (deleted)".
+            return any(len(fields) > 1 and fields[1][2:3] == "x" and line.endswith(" (deleted)")
+                       for line in handle.read().splitlines() for fields in [line.split(None, 5)])
+    except OSError:
+        return None
 
 
 def ram_plan(backends: Sequence[MemoryBackend], ignore_shared: Optional[bool]) -> Tuple[bool, int]:
@@ -285,6 +303,7 @@ async def gather(endpoint: VmEndpoint, *, timeout: float, reboot: str = "kexec",
             facts.vfio = await _vfio_devices(session)
             facts.s3_blocked = await s3_blocked(session)
             facts.migration = await _migration(session)
+            facts.runs_replaced_code = runs_replaced_code(facts.pid)
     except CprError as exc:
         facts.error = str(exc)
     if check_agent and not facts.error:
@@ -350,3 +369,26 @@ def status(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]
     facts = asyncio.run(gather_all(selected, timeout=timeout, reboot=reboot, ignore_shared=ignore_shared))
     result = [f.to_dict() for f in facts]
     return run_query(expression, query, result) if expression is not None else result
+
+
+def report(state_dir: Optional[str], vms: Optional[List[Dict[str, Any]]], names: Optional[List[str]],
+           query: Optional[str], timeout: float, reboot: str, ignore_shared: Optional[bool]) -> Dict[str, Any]:
+    """What the vm_status module returns: the running VMs and, with a state directory, what it holds.
+
+    A name the state directory holds (saved or shut down) is not running, and not an unknown name.
+    """
+    result: Dict[str, Any] = {"changed": False}
+    if state_dir is not None:
+        if os.path.lexists(state_dir):
+            ensure_state_dir(state_dir, create=False)
+        result.update(pending(state_dir, boot_id()) if os.path.lexists(state_dir) else {"saved": [], "stopped": []})
+        held = {vm["name"] for vm in result["saved"] + result["stopped"]}
+        if names:
+            running = [n for n in names if n not in held]
+            if not running:
+                result["vms"] = []
+                return result
+            names = running
+    result["vms"] = status(vms=vms, names=names, query=query, timeout=timeout, reboot=reboot,
+                           ignore_shared=ignore_shared)
+    return result

@@ -139,6 +139,29 @@ vms:
     state_kept:
       description: Whether the state file and manifest were kept, as C(<name>.state.restored) and C(<name>.json.restored).
       type: bool
+    runstate_before:
+      description:
+        - Runstate before the save, as the manifest recorded it (V(suspended) when the save suspended the guest, which
+          this module then woke: RV(vms[].runstate) is V(running)).
+      type: str
+    suspended_by_us:
+      description: Whether the save suspended the guest (and this module woke it).
+      type: bool
+    paused_at:
+      description: When the VM stopped for the save, in seconds since the epoch.
+      type: float
+    back_at:
+      description: When the VM was back in its old runstate, in seconds since the epoch; RV(vms[].downtime_seconds) ends there.
+      type: float
+    save_seconds:
+      description: Seconds the save took, from QEMU's C(migrate) command to the state file synced and checksummed.
+      type: float
+    state_bytes:
+      description: Size of the state file in bytes.
+      type: int
+    ram_in_place:
+      description: Whether guest RAM stayed in place rather than being copied into the state file.
+      type: bool
 would_restore:
   description: Names of the VMs this call restores (or in check mode would restore).
   returned: always

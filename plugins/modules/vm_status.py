@@ -38,6 +38,13 @@ options:
       - V(auto) keeps it in place when every shared memory backend is a file or device a new QEMU can map again.
     type: raw
     default: auto
+  state_dir:
+    description:
+      - A state directory of M(hypervisor.cpr.cpr_save). When set, the module also lists the VMs it holds: saved and not
+        yet restored (RV(saved)), and shut down by M(hypervisor.cpr.vm_power) and not yet started (RV(stopped)).
+      - A name in O(names) that the directory holds is not an unknown name; such a VM is listed there, not in RV(vms).
+      - A directory that does not exist holds nothing.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -239,15 +246,83 @@ vms:
           description: Every reason it is not ready, each saying what to do.
           type: list
           elements: str
+    runs_replaced_code:
+      description:
+        - Whether its QEMU runs code deleted from disk since it started (an upgraded QEMU binary or library), read from
+          C(/proc/<pid>/maps); a restart of QEMU picks up the new code. V(null) when it cannot be told.
+      type: bool
     error:
       description: Why the VM could not be asked, or V(null).
       type: str
+saved:
+  description: The VMs O(state_dir) holds saved and not yet restored, sorted by name; what their manifests record.
+  returned: when O(state_dir) is set
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+    runstate_before:
+      description: Runstate the restore brings it back to (V(suspended) when the save suspended it; the restore wakes it).
+      type: str
+    suspended_by_us:
+      description: Whether the save suspended the guest.
+      type: bool
+    agent_answered:
+      description: Whether its guest agent answered before the save.
+      type: bool
+    ram_in_place:
+      description: Whether its RAM stayed in place rather than being copied into the state file.
+      type: bool
+    state_bytes:
+      description: Size of its state file in bytes.
+      type: int
+    paused_at:
+      description: When it stopped, in seconds since the epoch.
+      type: float
+    saved_at:
+      description: When its state file was complete, in seconds since the epoch.
+      type: float
+    save_seconds:
+      description: Seconds from QEMU's C(migrate) command to the state file synced and checksummed.
+      type: float
+    reboot:
+      description: The reboot it was saved for.
+      type: str
+    kernel:
+      description: The kernel the host ran when it was saved.
+      type: str
+    boot_id:
+      description: The boot id of the host when it was saved.
+      type: str
+    saved_this_boot:
+      description: Whether it was saved in the host's current boot (V(false) once the host rebooted since).
+      type: bool
+stopped:
+  description: The VMs O(state_dir) holds shut down by M(hypervisor.cpr.vm_power) and not yet started, sorted by name.
+  returned: when O(state_dir) is set
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+    how:
+      description: How it went down (V(guest-shutdown), V(system_powerdown) or V(qemu-died-during-save)).
+      type: str
+    stopped_at:
+      description: When, in seconds since the epoch.
+      type: float
+    agent_answered:
+      description: Whether its guest agent answered before.
+      type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, auto_or_bool, run
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS, status
+from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS, report
 
 
 def main() -> None:
@@ -256,21 +331,22 @@ def main() -> None:
             VM_SELECTION_SPEC,
             reboot=dict(type="str", choices=list(REBOOT_METHODS), default="kexec"),
             ignore_shared=dict(type="raw", default="auto"),
+            state_dir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     ignore_shared = auto_or_bool(module, "ignore_shared")
 
-    def report() -> dict:
-        vms = status(vms=params["vms"], names=params["names"], query=params["query"], timeout=params["timeout"],
-                     reboot=params["reboot"], ignore_shared=ignore_shared)
-        for vm in vms:
+    def status() -> dict:
+        result = report(params["state_dir"], params["vms"], params["names"], params["query"], params["timeout"],
+                        params["reboot"], ignore_shared)
+        for vm in result["vms"]:
             if vm["error"]:
                 module.warn(vm["error"])
-        return dict(changed=False, vms=vms)
+        return result
 
-    run(module, report)
+    run(module, status)
 
 
 if __name__ == "__main__":
