@@ -96,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick, "runs": args.runs, "only": args.only, "pid": os.getpid(),
-        "engine": str(harness.cpr.__file__),
+        "engine": harness.ENGINE_FILE,
         "machine": harness.machine_facts(), "load": {}, "sections": {}, "errors": {}, "table": [],
     }
     overall = LoadMeter()

@@ -31,7 +31,7 @@ from benchmarks.harness import (
     testbed,
     traced,
 )
-from benchmarks.harness import cpr as engine
+from benchmarks import harness as engine
 
 GOAL = 1.15
 
@@ -40,9 +40,9 @@ def ours_cycle(trace: Any, names: List[str], state_dir: str, timeout: float = 12
     """One cpr.save + cpr.restore of these VMs; per-VM paused/running times and the engine's figures."""
     reset_state_dir(state_dir)
     trace.take()
-    saved = engine.save(names=names, state_dir=state_dir, reboot="none", timeout=timeout)
+    saved = engine.save(names, state_dir, timeout)
     save_returned = time.time()
-    restored = engine.restore(state_dir=state_dir, names=names, timeout=timeout)
+    restored = engine.restore(names, state_dir, timeout)
     restore_returned = time.time()
     events = trace.take()
     paused = {vm["name"]: vm["paused_at"] for vm in saved["vms"]}

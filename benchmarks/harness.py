@@ -58,7 +58,28 @@ setup_paths()
 
 import testbed  # noqa: E402  pylint: disable=wrong-import-position
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, qmp  # noqa: E402
+# pylint: disable=wrong-import-position
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _qmp as qmp  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checkpoint import SaveOptions  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import restore as _restore  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save as _save  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection  # noqa: E402
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir  # noqa: E402
+
+# pylint: enable=wrong-import-position
+ENGINE_FILE = _save.__code__.co_filename
+
+
+def save(names: List[str], state_dir: str, timeout: float, mapped_ram: Optional[bool] = None) -> Dict[str, Any]:
+    """The engine's save of these VMs for a QEMU restart (reboot none), as cpr_save runs it."""
+    return _save(Selection(names=names), state_dir, SaveOptions(reboot="none", timeout=timeout, mapped_ram=mapped_ram))
+
+
+def restore(names: List[str], state_dir: str, timeout: float) -> Dict[str, Any]:
+    """The engine's restore of these VMs, as cpr_restore runs it."""
+    return _restore(state_dir, names, RestoreOptions(timeout=timeout))
 
 
 class BenchError(RuntimeError):
@@ -353,25 +374,25 @@ class Trace:
         qmp._Session.execute = execute  # pylint: disable=protected-access
         self._undo.append(lambda: setattr(qmp._Session, "execute", original_execute))  # pylint: disable=protected-access
 
-        for name, label, vm_of in (
-                ("launch", "launch", lambda args: args[0].name),
-                ("sync_and_digest", "seal", lambda args: os.path.basename(args[0])[:-len(".state")]),
-                ("verify_state_file", "verify", lambda args: args[0].name)):
-            self._wrap(name, label, vm_of)
+        # (owner, method, label, where the manifest is among the call's arguments)
+        for owner, name, label, manifest_at in ((Launcher, "start", "launch", 1), (StateDir, "seal", "seal", 1),
+                                                (StateDir, "verify_state", "verify", 0)):
+            self._wrap(owner, name, label, manifest_at)
 
-    def _wrap(self, name: str, label: str, vm_of: Callable[[Sequence[Any]], str]) -> None:
-        original = getattr(cpr, name)
+    def _wrap(self, owner: Any, name: str, label: str, manifest_at: int) -> None:
+        original = owner.__dict__[name]
+        function = original.__func__ if isinstance(original, staticmethod) else original
         trace = self
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = time.time()
             try:
-                return original(*args, **kwargs)
+                return function(*args, **kwargs)
             finally:
-                trace.events.append(Event(vm_of(args), label, start, time.time()))
+                trace.events.append(Event(args[manifest_at].name, label, start, time.time()))
 
-        setattr(cpr, name, wrapper)
-        self._undo.append(lambda: setattr(cpr, name, original))
+        setattr(owner, name, staticmethod(wrapper) if isinstance(original, staticmethod) else wrapper)
+        self._undo.append(lambda: setattr(owner, name, original))
 
     def uninstall(self) -> None:
         while self._undo:

@@ -44,7 +44,7 @@ from benchmarks.harness import (
     warm,
     workdir,
 )
-from benchmarks.harness import cpr as engine
+from benchmarks import harness as engine
 
 GOAL = 0.8
 MB = 1e6
@@ -83,14 +83,14 @@ def one_cycle(vm: Any, state_dir: str, mode: bool, trace: Any, warm_files: List[
     reset_state_dir(state_dir)
     os.sync()
     trace.take()
-    saved = engine.save(mapped_ram=mode, names=[vm.name], state_dir=state_dir, reboot="none", timeout=900)["vms"][0]
+    saved = engine.save([vm.name], state_dir, 900, mapped_ram=mode)["vms"][0]
     with open(os.path.join(state_dir, f"{vm.name}.json"), encoding="utf-8") as handle:
         manifest = json.load(handle)
     stat = os.stat(saved["state_file"])
     drop_caches()
     warm(warm_files)
     restore_called = time.time()
-    restored = engine.restore(state_dir=state_dir, names=[vm.name], timeout=900)["vms"][0]
+    restored = engine.restore([vm.name], state_dir, 900)["vms"][0]
     events = trace.take()
     vm.refresh_pid()
     incoming = first(events, vm.name, "migrate-incoming", saved["paused_at"])

@@ -34,7 +34,7 @@ from benchmarks.harness import (
     testbed,
     traced,
 )
-from benchmarks.harness import cpr as engine
+from benchmarks import harness as engine
 
 GOAL_GROWTH = 1.5
 GOAL_SEQUENTIAL = 4.0
@@ -80,9 +80,9 @@ def engine_one_at_a_time(vms: Sequence[Any], state_dir: str, trace: Any) -> floa
     trace.take()
     paused = []
     for vm in vms:
-        paused.append(engine.save(names=[vm.name], state_dir=state_dir, reboot="none", timeout=120)["vms"][0]["paused_at"])
+        paused.append(engine.save([vm.name], state_dir, 120)["vms"][0]["paused_at"])
     for vm in vms:
-        engine.restore(state_dir=state_dir, names=[vm.name], timeout=120)
+        engine.restore([vm.name], state_dir, 120)
     events = trace.take()
     running = [running_at(events, vm.name, at) for vm, at in zip(vms, paused)]
     for vm in vms:

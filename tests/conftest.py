@@ -61,7 +61,7 @@ class QemuFactory:
 
 def pytest_configure(config):  # pylint: disable=unused-argument
     # Tests put RAM files "on disk" under tmp_path; on Debian 13 /tmp is tmpfs, so use /var/tmp there.
-    from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import filesystem_of  # pylint: disable=import-outside-toplevel
+    from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import filesystem_of  # pylint: disable=import-outside-toplevel
 
     temp = tempfile.gettempdir()
     if "TMPDIR" not in os.environ and not filesystem_of(temp, os.stat(temp).st_dev, None)[2]:

@@ -142,7 +142,7 @@ vms:
     runstate_before:
       description:
         - Runstate before the save, as the manifest recorded it (V(suspended) when the save suspended the guest, which
-          this module then woke: RV(vms[].runstate) is V(running)).
+          this module then woke, so RV(vms[].runstate) is V(running)).
       type: str
     suspended_by_us:
       description: Whether the save suspended the guest (and this module woke it).
@@ -185,29 +185,29 @@ errors:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import restore
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import LAUNCH_MODES, Launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import STATE_DIR_SPEC, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
+            STATE_DIR_SPEC,
             names=dict(type="list", elements="str"),
             timeout=dict(type="float", default=300.0),
             keep_state=dict(type="bool", default=False),
             verify_checksum=dict(type="bool", default=True),
-            launch=dict(type="str", choices=["argv", "systemd"], default="argv"),
+            launch=dict(type="str", choices=list(LAUNCH_MODES), default="argv"),
             systemd_unit=dict(type="str", default="qemu@{name}.service"),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    run(module, lambda: restore(
-        state_dir=params["state_dir"], names=params["names"], timeout=params["timeout"],
-        keep_state=params["keep_state"], launch_mode=params["launch"], unit=params["systemd_unit"],
-        verify_checksum=params["verify_checksum"], check_mode=module.check_mode,
-    ))
+    options = RestoreOptions(timeout=params["timeout"], keep_state=params["keep_state"],
+                             verify_checksum=params["verify_checksum"],
+                             launcher=Launcher(params["launch"], params["systemd_unit"]))
+    run(module, lambda: restore(params["state_dir"], params["names"], options, module.check_mode))
 
 
 if __name__ == "__main__":

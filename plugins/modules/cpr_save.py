@@ -175,16 +175,23 @@ would_save:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import SUSPEND_CHOICES, save
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, auto_or_bool, run
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checkpoint import SUSPEND_CHOICES, SaveOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import REBOOT_METHODS
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import (
+    SELECTION_SPEC,
+    STATE_DIR_SPEC,
+    auto_or_bool,
+    run,
+    selection,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            VM_SELECTION_SPEC,
-            state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
+            SELECTION_SPEC,
+            **STATE_DIR_SPEC,
             reboot=dict(type="str", choices=list(REBOOT_METHODS), default="kexec"),
             ignore_shared=dict(type="raw", default="auto"),
             mapped_ram=dict(type="raw", default="auto"),
@@ -196,14 +203,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    ignore_shared = auto_or_bool(module, "ignore_shared")
-    mapped_ram = auto_or_bool(module, "mapped_ram")
-    run(module, lambda: save(
-        vms=params["vms"], names=params["names"], query=params["query"], state_dir=params["state_dir"],
-        reboot=params["reboot"], ignore_shared=ignore_shared, timeout=params["timeout"], quit_after=params["quit"],
-        suspend=params["suspend"], all_or_nothing=params["all_or_nothing"], mapped_ram=mapped_ram,
-        check_mode=module.check_mode,
-    ))
+    options = SaveOptions(reboot=params["reboot"], ignore_shared=auto_or_bool(module, "ignore_shared"),
+                          timeout=params["timeout"], quit_after=params["quit"], suspend=params["suspend"],
+                          all_or_nothing=params["all_or_nothing"], mapped_ram=auto_or_bool(module, "mapped_ram"))
+    run(module, lambda: save(selection(module), params["state_dir"], options, module.check_mode))
 
 
 if __name__ == "__main__":

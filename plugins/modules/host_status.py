@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: host_status
 short_description: Report a hypervisor's running kernel, the kernels it has installed, kexec and systemd
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Reports the running kernel and boot id, the kernel images in C(/boot) (newest release first, each with its initrd),
     whether kexec-tools is installed and a kernel is loaded for C(kexec -e), and whether systemd runs the host.
@@ -130,8 +130,8 @@ target:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.host import status
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import status
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import run
 
 
 def main() -> None:

@@ -97,20 +97,19 @@ errors:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, run
-from ansible_collections.hypervisor.cpr.plugins.module_utils.suspend import select_and_set_states
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import SELECTION_SPEC, run, selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._suspend import STATES, set_states
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(VM_SELECTION_SPEC, state=dict(type="str", choices=["suspended", "awake"], default="suspended")),
+        argument_spec=dict(SELECTION_SPEC, state=dict(type="str", choices=list(STATES), default="suspended")),
         supports_check_mode=True,
     )
     params = module.params
 
     def change() -> dict:
-        vms = select_and_set_states(params["vms"], params["names"], params["query"], params["state"],
-                                    params["timeout"], module.check_mode)
+        vms = set_states(selection(module), params["state"], params["timeout"], module.check_mode)
         return dict(changed=any(vm["changed"] for vm in vms), vms=vms)
 
     run(module, change)

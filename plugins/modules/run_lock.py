@@ -119,15 +119,15 @@ holder:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.lock import RunLockedError, acquire, release
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import STATE_DIR_SPEC, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import acquire, release
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
+            STATE_DIR_SPEC,
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
             run_id=dict(type="str", required=True),
             owner=dict(type="str"),
             details=dict(type="dict"),
@@ -136,18 +136,12 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-
-    def change() -> dict:
-        try:
-            if params["state"] == "present":
-                return acquire(params["state_dir"], params["run_id"], owner=params["owner"], force=params["force"],
-                               details=params["details"], check_mode=module.check_mode)
-            return release(params["state_dir"], params["run_id"], force=params["force"], check_mode=module.check_mode)
-        except RunLockedError as exc:
-            module.fail_json(msg=str(exc), holder=exc.holder)
-            raise  # not reached: fail_json exits
-
-    run(module, change)
+    if params["state"] == "present":
+        run(module, lambda: acquire(params["state_dir"], params["run_id"], owner=params["owner"], force=params["force"],
+                                    details=params["details"], check_mode=module.check_mode))
+    else:
+        run(module, lambda: release(params["state_dir"], params["run_id"], force=params["force"],
+                                    check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

@@ -136,16 +136,16 @@ errors:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.power import start, stop
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import SELECTION_SPEC, STATE_DIR_SPEC, run, selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._power import STATES, start, stop
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            VM_SELECTION_SPEC,
-            state=dict(type="str", choices=["stopped", "started"], default="stopped"),
-            state_dir=dict(type="path", default="/var/lib/qemu-cpr"),
+            SELECTION_SPEC,
+            **STATE_DIR_SPEC,
+            state=dict(type="str", choices=list(STATES), default="stopped"),
             timeout=dict(type="float", default=300.0),
             wait_for_agent=dict(type="bool", default=True),
         ),
@@ -155,12 +155,10 @@ def main() -> None:
     if params["state"] == "started" and (params["vms"] or params["query"]):
         module.fail_json(msg="state=started selects with names only: the VMs do not run, so vms and query do not apply")
     if params["state"] == "stopped":
-        run(module, lambda: stop(vms=params["vms"], names=params["names"], query=params["query"],
-                                 state_dir=params["state_dir"], timeout=params["timeout"],
-                                 check_mode=module.check_mode))
+        run(module, lambda: stop(selection(module), params["state_dir"], params["timeout"], module.check_mode))
     else:
-        run(module, lambda: start(state_dir=params["state_dir"], names=params["names"], timeout=params["timeout"],
-                                  wait_for_agent=params["wait_for_agent"], check_mode=module.check_mode))
+        run(module, lambda: start(params["state_dir"], params["names"], params["timeout"], params["wait_for_agent"],
+                                  module.check_mode))
 
 
 if __name__ == "__main__":

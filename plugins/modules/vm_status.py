@@ -40,7 +40,7 @@ options:
     default: auto
   state_dir:
     description:
-      - A state directory of M(hypervisor.cpr.cpr_save). When set, the module also lists the VMs it holds: saved and not
+      - A state directory of M(hypervisor.cpr.cpr_save). When set, the module also lists the VMs it holds, saved and not
         yet restored (RV(saved)), and shut down by M(hypervisor.cpr.vm_power) and not yet started (RV(stopped)).
       - A name in O(names) that the directory holds is not an unknown name; such a VM is listed there, not in RV(vms).
       - A directory that does not exist holds nothing.
@@ -321,14 +321,15 @@ stopped:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.runner import VM_SELECTION_SPEC, auto_or_bool, run
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import REBOOT_METHODS, report
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import REBOOT_METHODS, FactsOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._module import SELECTION_SPEC, auto_or_bool, run, selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._status import status
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            VM_SELECTION_SPEC,
+            SELECTION_SPEC,
             reboot=dict(type="str", choices=list(REBOOT_METHODS), default="kexec"),
             ignore_shared=dict(type="raw", default="auto"),
             state_dir=dict(type="path"),
@@ -336,17 +337,17 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    ignore_shared = auto_or_bool(module, "ignore_shared")
+    options = FactsOptions(timeout=params["timeout"], reboot=params["reboot"],
+                           ignore_shared=auto_or_bool(module, "ignore_shared"))
 
-    def status() -> dict:
-        result = report(params["state_dir"], params["vms"], params["names"], params["query"], params["timeout"],
-                        params["reboot"], ignore_shared)
+    def report() -> dict:
+        result = status(selection(module), options, params["state_dir"])
         for vm in result["vms"]:
             if vm["error"]:
                 module.warn(vm["error"])
         return result
 
-    run(module, status)
+    run(module, report)
 
 
 if __name__ == "__main__":

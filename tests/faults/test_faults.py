@@ -6,6 +6,7 @@ lost when no QEMU serves it and no manifest with a valid state file can bring
 it back.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -18,16 +19,20 @@ import time
 import pytest
 import testbed
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, power
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError, SelectionError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import (
-    LOCK_NAME,
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checkpoint import SaveOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    CprError,
     LockedError,
     ManifestError,
+    NotReadyError,
+    SelectionError,
     StateDirError,
-    list_manifests,
-    verify_state_file,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._power import start as power_start
+from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
+from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import LOCK_NAME, StateDir
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 
@@ -35,9 +40,9 @@ pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reas
 def lost(vms, state_dir):
     """(VMs lost, state files lost): VMs neither running nor restorable, manifests whose state file is bad."""
     restorable, bad_files = set(), 0
-    for manifest in list_manifests(state_dir) if os.path.isdir(state_dir) else []:
+    for manifest in StateDir(state_dir).manifests():
         try:
-            verify_state_file(manifest)
+            StateDir.verify_state(manifest)
             restorable.add(manifest.name)
         except CprError:
             bad_files += 1
@@ -67,6 +72,24 @@ def wait_for_path(path, timeout=60):
         time.sleep(0.0005)
 
 
+def fill(path):
+    """Take every free byte of path's filesystem (a write QEMU had in flight may still land after statvfs)."""
+    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        size = 0
+        for chunk in (1 << 30, 1 << 20, 1 << 12):
+            while True:
+                try:
+                    os.posix_fallocate(descriptor, size, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+                size += chunk
+    finally:
+        os.close(descriptor)
+
+
 def make_noise(vm, mib=64):
     """Incompressible guest memory, so that copying it takes a while."""
     vm.guest_exec(["dd", "if=/dev/urandom", "of=/noise", "bs=1M", f"count={mib}"], timeout=120)
@@ -88,15 +111,13 @@ def test_disk_full_while_saving(vm_dir, campaign):
             wait_for_path(os.path.join(state_dir, "full.state"))
             os.kill(vms[0].pid, signal.SIGSTOP)
             try:
-                descriptor = os.open(os.path.join(state_dir, ".ballast"), os.O_CREAT | os.O_WRONLY, 0o600)
-                os.posix_fallocate(descriptor, 0, shutil.disk_usage(state_dir).free)
-                os.close(descriptor)
+                fill(os.path.join(state_dir, ".ballast"))
             finally:
                 os.kill(vms[0].pid, signal.SIGCONT)
 
         filler = in_background(take_all_space)
         with pytest.raises(CprError, match="VM full: the save failed") as failure:
-            cpr.save(names=["full"], state_dir=state_dir, reboot="none", timeout=60)
+            save(Selection(names=["full"]), state_dir, SaveOptions(reboot="none", timeout=60))
         filler.join()
         assert "Resumed as they were: full" in str(failure.value)
         assert vms[0].runstate() == "running"
@@ -104,8 +125,8 @@ def test_disk_full_while_saving(vm_dir, campaign):
         vms_lost, files_lost = lost(vms, state_dir)
 
         os.unlink(os.path.join(state_dir, ".ballast"))
-        cpr.save(names=["full"], state_dir=state_dir, reboot="none", timeout=60)
-        cpr.restore(state_dir=state_dir, timeout=60)
+        save(Selection(names=["full"]), state_dir, SaveOptions(reboot="none", timeout=60))
+        restore(state_dir, options=RestoreOptions(timeout=60))
         rerun = finished(vms, snapshot)
     finally:
         subprocess.run(["umount", "-l", state_dir], check=True)
@@ -127,7 +148,7 @@ def test_guest_agent_hangs_before_suspend(vm_dir, campaign):
                        ">/dev/null 2>&1 &"])
     time.sleep(3)
     with pytest.raises(CprError) as failure:
-        cpr.save(names=["agenthang", "bystander"], state_dir=state_dir, reboot="none", suspend="all", timeout=5)
+        save(Selection(names=["agenthang", "bystander"]), state_dir, SaveOptions(reboot="none", timeout=5, suspend="all"))
     message = str(failure.value)
     assert "VM agenthang:" in message and "did not answer" in message
     vms[1].refresh_pid()
@@ -136,8 +157,8 @@ def test_guest_agent_hangs_before_suspend(vm_dir, campaign):
     vms_lost, files_lost = lost(vms, state_dir)
 
     wait_until(lambda: vms[0].agent("guest-ping") == {}, 60)
-    cpr.save(names=["agenthang", "bystander"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    save(Selection(names=["agenthang", "bystander"]), state_dir, SaveOptions(reboot="none", timeout=30, suspend="all"))
+    restore(state_dir, options=RestoreOptions(timeout=60))
     vms[1].refresh_pid()
     vms[1].qmp("cont")
     campaign("guest agent hangs", "before guest-suspend-ram", "save refused naming the VM; every VM of the call resumed",
@@ -176,13 +197,13 @@ def test_guest_refuses_to_suspend(vm_dir, campaign):
     # The guest's policy forbids suspending: its agent refuses the command.
     _restart_agent(vms[0], "[general]\\nblacklist=guest-suspend-ram\\n")
     with pytest.raises(CprError, match="VM refuser: the guest refused to suspend: .*disabled"):
-        cpr.save(names=["refuser"], state_dir=state_dir, reboot="none", suspend="all", timeout=20)
+        save(Selection(names=["refuser"]), state_dir, SaveOptions(reboot="none", timeout=20, suspend="all"))
     assert vms[0].runstate() == "running"
     vms_lost, files_lost = lost(vms, state_dir)
 
     _restart_agent(vms[0], "")
-    cpr.save(names=["refuser"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    save(Selection(names=["refuser"]), state_dir, SaveOptions(reboot="none", timeout=30, suspend="all"))
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("guest refuses to suspend", "guest-suspend-ram", "refused naming the VM, in the agent's words; VM running",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -194,13 +215,13 @@ def test_guest_never_reaches_suspended(vm_dir, campaign):
     # The kernel's PM test mode goes through the suspend for 5 s without ever entering S3.
     vms[0].guest_exec(["sh", "-c", "echo devices > /sys/power/pm_test"])
     with pytest.raises(CprError, match="VM insomniac: the guest did not reach the suspended runstate within 3 s"):
-        cpr.save(names=["insomniac"], state_dir=state_dir, reboot="none", suspend="all", timeout=3)
+        save(Selection(names=["insomniac"]), state_dir, SaveOptions(reboot="none", timeout=3, suspend="all"))
     assert vms[0].runstate() == "running"
     vms_lost, files_lost = lost(vms, state_dir)
 
     wait_until(lambda: vms[0].guest_exec(["sh", "-c", "echo none > /sys/power/pm_test"]) == "", 60)
-    cpr.save(names=["insomniac"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    save(Selection(names=["insomniac"]), state_dir, SaveOptions(reboot="none", timeout=30, suspend="all"))
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("guest never suspends", "after guest-suspend-ram", "timeout naming the VM; guest left running",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -221,7 +242,7 @@ def test_qmp_stops_answering_during_save(vm_dir, campaign):
     stopper = in_background(stop_when_writing)
     try:
         with pytest.raises(CprError) as failure:
-            cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)
+            save(Selection(names=["hung"]), state_dir, SaveOptions(reboot="none", timeout=60))
     finally:
         stopper.join()
         os.kill(vms[0].pid, signal.SIGCONT)
@@ -230,8 +251,8 @@ def test_qmp_stops_answering_during_save(vm_dir, campaign):
     vms_lost, files_lost = lost(vms, state_dir)
 
     vms[0].wait_runstate("postmigrate", timeout=60)
-    assert cpr.save(names=["hung"], state_dir=state_dir, reboot="none", timeout=60)["vms"][0]["quit"]
-    cpr.restore(state_dir=state_dir, timeout=60)
+    assert save(Selection(names=["hung"]), state_dir, SaveOptions(reboot="none", timeout=60))["vms"][0]["quit"]
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("QMP stops answering (SIGSTOP)", "during save", "timeout naming the VM; .saving record kept",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -251,7 +272,7 @@ def test_qmp_stops_answering_during_restore(vm_dir, campaign):
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
     old_pid = vms[0].pid
-    cpr.save(names=["rhung"], state_dir=state_dir, reboot="none", timeout=60)
+    save(Selection(names=["rhung"]), state_dir, SaveOptions(reboot="none", timeout=60))
     stopped = []
 
     def stop_new_qemu():
@@ -263,13 +284,13 @@ def test_qmp_stops_answering_during_restore(vm_dir, campaign):
     stopper = in_background(stop_new_qemu)
     try:
         with pytest.raises(CprError, match="VM rhung:"):
-            cpr.restore(state_dir=state_dir, timeout=15)
+            restore(state_dir, options=RestoreOptions(timeout=15))
     finally:
         stopper.join()
         os.kill(stopped[0], signal.SIGCONT)
     assert saved_files(state_dir) == ["rhung.json", "rhung.state"]
     vms_lost, files_lost = lost(vms, state_dir)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("QMP stops answering (SIGSTOP)", "during restore", "error naming the VM; state file and manifest kept",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -282,14 +303,14 @@ def test_qemu_killed_during_restore(vm_dir, campaign):
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
     old_pid = vms[0].pid
-    cpr.save(names=["rkill"], state_dir=state_dir, reboot="none", timeout=60)
+    save(Selection(names=["rkill"]), state_dir, SaveOptions(reboot="none", timeout=60))
     killer = in_background(lambda: os.kill(_new_qemu_pid(vms[0], old_pid), signal.SIGKILL))
     with pytest.raises(CprError, match="VM rkill:"):
-        cpr.restore(state_dir=state_dir, timeout=15)
+        restore(state_dir, options=RestoreOptions(timeout=15))
     killer.join()
     assert saved_files(state_dir) == ["rkill.json", "rkill.state"]
     vms_lost, files_lost = lost(vms, state_dir)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("QEMU killed (SIGKILL)", "during restore", "error naming the VM; state file and manifest kept",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -312,7 +333,7 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
 
     killer = in_background(kill_when_writing)
     with pytest.raises(CprError, match="VM victim:") as failure:
-        cpr.save(names=["victim", "survivor"], state_dir=state_dir, reboot="none", timeout=60)
+        save(Selection(names=["victim", "survivor"]), state_dir, SaveOptions(reboot="none", timeout=60))
     killer.join()
     message = str(failure.value)
     assert "Resumed as they were: survivor" in message
@@ -328,7 +349,7 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
     vms_lost, files_lost = lost(vms, state_dir)
     assert vms_lost == 1
 
-    started = power.start(state_dir=state_dir, names=["victim"], timeout=180)
+    started = power_start(state_dir, names=["victim"], timeout=180)
     assert [(vm["name"], vm["how"]) for vm in started["vms"]] == [("victim", "qemu-died-during-save")]
     vms[0].refresh_pid()
     assert vms[0].agent("guest-ping") == {}
@@ -337,8 +358,8 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
 
     # The re-run: both VMs save and restore, the booted-again one with its new RAM.
     snapshot = testbed.memory_snapshot(vms)
-    cpr.save(names=["victim", "survivor"], state_dir=state_dir, reboot="none", timeout=60)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    save(Selection(names=["victim", "survivor"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("QEMU killed (SIGKILL)", "during save",
              "that guest's running state dies with its QEMU (no tool can undo); its command line recorded, vm_power "
              "booted it again; the others resumed", vms_lost, files_lost, finished(vms, snapshot))
@@ -352,7 +373,7 @@ def test_damaged_state_file_is_refused_and_kept(vm_dir, campaign, damage):
     vms = testbed.boot_vms(vm_dir, names=["damaged"])
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
-    cpr.save(names=["damaged"], state_dir=state_dir, reboot="none", timeout=60)
+    save(Selection(names=["damaged"]), state_dir, SaveOptions(reboot="none", timeout=60))
     state_file, manifest_file = os.path.join(state_dir, "damaged.state"), os.path.join(state_dir, "damaged.json")
     shutil.copy(state_file, os.path.join(vm_dir, "good.state"))
     shutil.copy(manifest_file, os.path.join(vm_dir, "good.json"))
@@ -373,13 +394,13 @@ def test_damaged_state_file_is_refused_and_kept(vm_dir, campaign, damage):
         with open(manifest_file, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
     with pytest.raises(ManifestError) as failure:
-        cpr.restore(state_dir=state_dir, timeout=30)
+        restore(state_dir, options=RestoreOptions(timeout=30))
     assert os.path.exists(manifest_file)
     assert not vms[0].alive()
 
     shutil.copy(os.path.join(vm_dir, "good.state"), state_file)
     shutil.copy(os.path.join(vm_dir, "good.json"), manifest_file)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     assert str(failure.value).startswith("VM damaged: state file")
     # The damage is the injected fault; the tool refused to load it and lost nothing: both files were kept.
     campaign(f"state file {damage}", "between save and restore", "refused before loading; state file and manifest kept",
@@ -393,7 +414,7 @@ def test_new_qemu_fails_to_start(vm_dir, campaign):
     vms = testbed.boot_vms(vm_dir, names=["nostart"])
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
-    cpr.save(names=["nostart"], state_dir=state_dir, reboot="none", timeout=60)
+    save(Selection(names=["nostart"]), state_dir, SaveOptions(reboot="none", timeout=60))
     manifest_file = os.path.join(state_dir, "nostart.json")
     with open(manifest_file, encoding="utf-8") as handle:
         good = json.load(handle)
@@ -401,7 +422,7 @@ def test_new_qemu_fails_to_start(vm_dir, campaign):
     with open(manifest_file, "w", encoding="utf-8") as handle:
         json.dump(broken, handle)
     with pytest.raises(CprError, match="VM nostart: the new QEMU exited with status 1: .*no-such-device"):
-        cpr.restore(state_dir=state_dir, timeout=30)
+        restore(state_dir, options=RestoreOptions(timeout=30))
     assert saved_files(state_dir) == ["nostart.json", "nostart.state"]
     vms_lost, files_lost = lost(vms, state_dir)
 
@@ -409,11 +430,11 @@ def test_new_qemu_fails_to_start(vm_dir, campaign):
     with open(manifest_file, "w", encoding="utf-8") as handle:
         json.dump(changed_binary, handle)
     with pytest.raises(CprError, match="VM nostart: the new QEMU cannot be started: No such file or directory"):
-        cpr.restore(state_dir=state_dir, timeout=30)
+        restore(state_dir, options=RestoreOptions(timeout=30))
 
     with open(manifest_file, "w", encoding="utf-8") as handle:
         json.dump(good, handle)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("new QEMU fails to start", "restore (missing device, binary gone)", "QEMU's own words; files kept",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -431,13 +452,13 @@ def test_two_runs_at_once(vm_dir, campaign):
     os.pwrite(descriptor, b"4242", 0)
     try:
         with pytest.raises(LockedError, match=r"another hypervisor.cpr run \(pid 4242\) holds the lock"):
-            cpr.save(names=["contended"], state_dir=state_dir, reboot="none", timeout=60)
+            save(Selection(names=["contended"]), state_dir, SaveOptions(reboot="none", timeout=60))
     finally:
         os.close(descriptor)
     assert vms[0].runstate() == "running"
     vms_lost, files_lost = lost(vms, state_dir)
-    cpr.save(names=["contended"], state_dir=state_dir, reboot="none", timeout=60)
-    cpr.restore(state_dir=state_dir, timeout=60)
+    save(Selection(names=["contended"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    restore(state_dir, options=RestoreOptions(timeout=60))
     campaign("two runs at once", "save while another run holds the host", "refused, naming the holder",
              vms_lost, files_lost, finished(vms, snapshot))
 
@@ -457,20 +478,20 @@ def test_bad_input_is_refused_before_touching(vm_dir, campaign, tmp_path):
 
     state_dir = os.path.join(vm_dir, "state")
     assert "no running VM is named nope" in refused(
-        "unknown name", SelectionError, lambda: cpr.save(names=["nope"], state_dir=state_dir))
+        "unknown name", SelectionError, lambda: save(Selection(names=["nope"]), state_dir))
     assert "not a valid JMESPath expression" in refused(
-        "bad JMESPath", SelectionError, lambda: cpr.save(query="[?cpr.ready", state_dir=state_dir))
+        "bad JMESPath", SelectionError, lambda: save(Selection(query="[?cpr.ready"), state_dir))
     os.symlink(tmp_path, os.path.join(vm_dir, "link"))
     assert "is a symlink" in refused(
-        "state dir is a symlink", StateDirError, lambda: cpr.save(names=["input"], state_dir=os.path.join(vm_dir, "link")))
+        "state dir is a symlink", StateDirError, lambda: save(Selection(names=["input"]), os.path.join(vm_dir, "link")))
     open_dir = os.path.join(vm_dir, "open")
     os.makedirs(open_dir)
     os.chmod(open_dir, 0o777)
     assert "writable by others" in refused(
-        "state dir writable by others", StateDirError, lambda: cpr.save(names=["input"], state_dir=open_dir))
+        "state dir writable by others", StateDirError, lambda: save(Selection(names=["input"]), open_dir))
     assert "would not survive the kexec" in refused(
         "tmpfs RAM kept in place across a kexec", NotReadyError,
-        lambda: cpr.save(names=["input"], state_dir=state_dir, reboot="kexec", ignore_shared=True))
+        lambda: save(Selection(names=["input"]), state_dir, SaveOptions(reboot="kexec", ignore_shared=True)))
     assert vms[0].runstate() == "running"
     assert not os.path.exists(state_dir) or saved_files(state_dir) == []
     campaign("bad input", "before anything", f"refused: {', '.join(cases)}", *lost(vms, state_dir), True)

@@ -31,8 +31,8 @@ import pytest
 import testbed
 from qemu.qmp import QMPError
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import list_manifests, verify_state_file
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLAYBOOK = os.path.join(REPO_ROOT, "playbooks", "rolling_kernel_update.yml")
@@ -259,9 +259,9 @@ def _losses(fleet_, before, hosts):
     """
     restorable, files_lost = set(), 0
     for host in hosts:
-        for manifest in list_manifests(fleet_.state_dir(host)):
+        for manifest in StateDir(fleet_.state_dir(host)).manifests():
             try:
-                verify_state_file(manifest)
+                StateDir.verify_state(manifest)
                 restorable.add(manifest.name)
             except CprError:
                 files_lost += 1

@@ -16,10 +16,22 @@ import time
 import pytest
 import testbed
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, suspend
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import status as vm_status
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotAnsweringError, NotReadyError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ManifestError, read_manifest
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _process
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checkpoint import SaveOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    CprError,
+    ManifestError,
+    NotAnsweringError,
+    NotReadyError,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
+from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._status import status as vm_status
+from ansible_collections.hypervisor.cpr.plugins.module_utils._suspend import set_states
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 
@@ -53,7 +65,7 @@ def test_cycle_running_paused_and_pc(vm_dir):
     pc[0].qmp("stop")
     state_dir = os.path.join(vm_dir, "state")
 
-    saved = cpr.save(names=["q35run", "pcpaused"], state_dir=state_dir, reboot="none", timeout=60)
+    saved = save(Selection(names=["q35run", "pcpaused"]), state_dir, SaveOptions(reboot="none", timeout=60))
     assert _names(saved) == ["pcpaused", "q35run"]
     by_name = {vm["name"]: vm for vm in saved["vms"]}
     assert by_name["q35run"]["ram_in_place"] and by_name["q35run"]["runstate_before"] == "running"
@@ -68,10 +80,10 @@ def test_cycle_running_paused_and_pc(vm_dir):
     assert manifest["machine_type"] == "pc-q35-10.0" or manifest["machine_type"].startswith("pc-q35-")
     assert manifest["capabilities"] == {"x-ignore-shared": True, "mapped-ram": False, "multifd": False}
 
-    again = cpr.save(names=["q35run", "pcpaused"], state_dir=state_dir, reboot="none", timeout=60)
+    again = save(Selection(names=["q35run", "pcpaused"]), state_dir, SaveOptions(reboot="none", timeout=60))
     assert not again["changed"] and all(not vm["changed"] for vm in again["vms"])
 
-    restored = cpr.restore(state_dir=state_dir, timeout=60)
+    restored = restore(state_dir, options=RestoreOptions(timeout=60))
     by_name = {vm["name"]: vm for vm in restored["vms"]}
     assert by_name["q35run"]["runstate"] == "running"
     assert by_name["pcpaused"]["runstate"] == "paused"
@@ -82,19 +94,19 @@ def test_cycle_running_paused_and_pc(vm_dir):
     _assert_survived(vms, before)
     assert testbed.TestVM.qmp(q35[0], "qom-get", path="/machine", property="type").startswith("pc-q35-")
 
-    assert not cpr.restore(state_dir=state_dir, timeout=60)["changed"]
+    assert not restore(state_dir, options=RestoreOptions(timeout=60))["changed"]
 
 
 def test_private_ram_is_copied_into_the_state_file(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["priv"], ram="private")
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
-    saved = cpr.save(names=["priv"], state_dir=state_dir, reboot="kexec", timeout=60)
+    saved = save(Selection(names=["priv"]), state_dir, SaveOptions(reboot="kexec", timeout=60))
     [entry] = saved["vms"]
     assert not entry["ram_in_place"]
     # 256 MiB of RAM, mostly zero pages; the guest's own memory is in the file.
     assert entry["state_bytes"] > 4 << 20
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     _assert_survived(vms, before)
 
 
@@ -104,10 +116,10 @@ def test_mapped_ram_then_one_stream_on_the_same_qemu(vm_dir):
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
     for mapped_ram in (True, False):
-        cpr.save(names=["mram"], state_dir=state_dir, reboot="none", timeout=60, mapped_ram=mapped_ram)
+        save(Selection(names=["mram"]), state_dir, SaveOptions(reboot="none", timeout=60, mapped_ram=mapped_ram))
         with open(os.path.join(state_dir, "mram.json"), encoding="utf-8") as handle:
             assert json.load(handle)["capabilities"].get("mapped-ram", False) is mapped_ram
-        cpr.restore(state_dir=state_dir, timeout=60)
+        restore(state_dir, options=RestoreOptions(timeout=60))
         _assert_survived(vms, before)
 
 
@@ -116,34 +128,34 @@ def test_a_save_finishes_one_that_stopped_before_quitting(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["unquit"])
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
-    cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60, quit_after=False)
+    save(Selection(names=["unquit"]), state_dir, SaveOptions(reboot="none", timeout=60, quit_after=False))
     assert vms[0].runstate() == "postmigrate"
-    planned = cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60, check_mode=True)
+    planned = save(Selection(names=["unquit"]), state_dir, SaveOptions(reboot="none", timeout=60), check_mode=True)
     assert planned["changed"] and vms[0].alive()
-    again = cpr.save(names=["unquit"], state_dir=state_dir, reboot="none", timeout=60)
+    again = save(Selection(names=["unquit"]), state_dir, SaveOptions(reboot="none", timeout=60))
     [entry] = again["vms"]
     assert entry["changed"] and entry["quit"] and not vms[0].alive()
-    cpr.restore(state_dir=state_dir, timeout=60)
+    restore(state_dir, options=RestoreOptions(timeout=60))
     _assert_survived(vms, before)
 
 
 def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"])
     before = _memory(vms)
-    [result] = suspend.select_and_set_states(None, ["sleepy"], None, "suspended", 30)
+    [result] = set_states(Selection(names=["sleepy"]), "suspended", 30)
     assert result["changed"] and result["runstate"] == "suspended"
-    assert not suspend.select_and_set_states(None, ["sleepy"], None, "suspended", 30)[0]["changed"]
+    assert not set_states(Selection(names=["sleepy"]), "suspended", 30)[0]["changed"]
     state_dir = os.path.join(vm_dir, "state")
 
     # suspend=all: the module suspends "woken" itself and wakes it after the restore.
-    result = cpr.save(names=["sleepy", "woken"], state_dir=state_dir, reboot="none", suspend="all", timeout=60)
+    result = save(Selection(names=["sleepy", "woken"]), state_dir, SaveOptions(reboot="none", timeout=60, suspend="all"))
     saved = {vm["name"]: vm for vm in result["vms"]}
     assert (saved["sleepy"]["suspended_by_us"], saved["woken"]["suspended_by_us"]) == (False, True)
-    restored = {vm["name"]: vm for vm in cpr.restore(state_dir=state_dir, timeout=60)["vms"]}
+    restored = {vm["name"]: vm for vm in restore(state_dir, options=RestoreOptions(timeout=60))["vms"]}
     assert restored["sleepy"]["runstate"] == "suspended"
     assert restored["woken"]["runstate"] == "running"
 
-    [woke] = suspend.select_and_set_states(None, ["sleepy"], None, "awake", 30)
+    [woke] = set_states(Selection(names=["sleepy"]), "awake", 30)
     assert woke["runstate"] == "running"
     _assert_survived(vms, before)
 
@@ -151,11 +163,11 @@ def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
 def test_check_mode_changes_nothing(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["checked"])
     state_dir = os.path.join(vm_dir, "state")
-    result = cpr.save(names=["checked"], state_dir=state_dir, reboot="none", check_mode=True)
+    result = save(Selection(names=["checked"]), state_dir, SaveOptions(reboot="none"), check_mode=True)
     assert result["changed"] and result["would_save"] == ["checked"]
     assert not os.path.exists(state_dir)
     assert vms[0].runstate() == "running"
-    assert suspend.select_and_set_states(None, ["checked"], None, "suspended", 30, check_mode=True)[0]["changed"]
+    assert set_states(Selection(names=["checked"]), "suspended", 30, check_mode=True)[0]["changed"]
     assert vms[0].runstate() == "running"
 
 
@@ -170,7 +182,7 @@ def test_agent_not_answering_resumes_every_vm(vm_dir, qemu):
                "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0", wait_for=qmp)
     state_dir = os.path.join(vm_dir, "state")
     with pytest.raises(CprError) as failure:
-        cpr.save(names=["healthy", "mute"], state_dir=state_dir, reboot="none", suspend="all", timeout=5)
+        save(Selection(names=["healthy", "mute"]), state_dir, SaveOptions(reboot="none", timeout=5, suspend="all"))
     message = str(failure.value)
     assert "VM mute: the guest agent on" in message and "did not answer within 5 s" in message
     assert "Resumed as they were: healthy, mute" in message or "Resumed as they were: mute, healthy" in message
@@ -186,7 +198,7 @@ def test_not_enough_space_is_refused_before_touching(vm_dir):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M,mode=0700", "tmpfs", state_dir], check=True)
     try:
         with pytest.raises(NotReadyError, match=r"has 64 MiB free, the save needs about 320 MiB .RAM is copied for roomless"):
-            cpr.save(names=["roomless"], state_dir=state_dir, reboot="none", timeout=60)
+            save(Selection(names=["roomless"]), state_dir, SaveOptions(reboot="none", timeout=60))
     finally:
         subprocess.run(["umount", "-l", state_dir], check=True)
     assert vms[0].runstate() == "running"
@@ -196,10 +208,10 @@ def test_volatile_ram_refused_for_kexec(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["shmvm"], ram="shm")
     state_dir = os.path.join(vm_dir, "state")
     with pytest.raises(NotReadyError, match="VM shmvm is not ready: the RAM of memory backend ram0 would stay in place"):
-        cpr.save(names=["shmvm"], state_dir=state_dir, reboot="kexec", timeout=60)
+        save(Selection(names=["shmvm"]), state_dir, SaveOptions(reboot="kexec", timeout=60))
     assert vms[0].runstate() == "running"
     with pytest.raises(ManifestError, match="no manifest"):
-        cpr.restore(state_dir=state_dir, names=["nothere"], timeout=5)
+        restore(state_dir, names=["nothere"], options=RestoreOptions(timeout=5))
 
 
 def test_save_that_times_out_resumes_the_vm(vm_dir):
@@ -210,7 +222,7 @@ def test_save_that_times_out_resumes_the_vm(vm_dir):
     state_dir = os.path.join(vm_dir, "state")
     # 1 ms: even at the disk's speed (max-bandwidth lifted), 64 MiB of noise takes longer.
     with pytest.raises(CprError, match=r"VM slow: the save did not complete within 0.001 s"):
-        cpr.save(names=["slow"], state_dir=state_dir, reboot="none", timeout=0.001)
+        save(Selection(names=["slow"]), state_dir, SaveOptions(reboot="none", timeout=0.001))
     assert vms[0].runstate() == "running"
     assert [f for f in os.listdir(state_dir) if f.endswith((".json", ".state"))] == []
     _assert_survived(vms, before)
@@ -221,8 +233,8 @@ def test_keep_state_keeps_files_that_do_not_look_like_a_pending_save(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["keeper"])
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
-    cpr.save(names=["keeper"], state_dir=state_dir, reboot="none", timeout=60)
-    restored = cpr.restore(state_dir=state_dir, timeout=60, keep_state=True)
+    save(Selection(names=["keeper"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    restored = restore(state_dir, options=RestoreOptions(timeout=60, keep_state=True))
     assert [vm["state_kept"] for vm in restored["vms"]] == [True]
     kept = sorted(f for f in os.listdir(state_dir) if not f.startswith("."))
     assert kept == ["keeper.json.restored", "keeper.log", "keeper.state.restored"]
@@ -235,10 +247,10 @@ def test_keep_state_keeps_files_that_do_not_look_like_a_pending_save(vm_dir):
     _assert_survived(vms, before)
 
     # The kept files are no pending save: the running VM is saved again, not skipped.
-    again = cpr.save(names=["keeper"], state_dir=state_dir, reboot="none", timeout=60)
+    again = save(Selection(names=["keeper"]), state_dir, SaveOptions(reboot="none", timeout=60))
     assert [(vm["changed"], vm["quit"]) for vm in again["vms"]] == [(True, True)]
     assert not vms[0].alive()
-    cpr.restore(state_dir=state_dir, timeout=60, keep_state=True)
+    restore(state_dir, options=RestoreOptions(timeout=60, keep_state=True))
     # A second kept restore replaces the first one's files.
     assert sorted(f for f in os.listdir(state_dir) if f.endswith(".restored")) == [
         "keeper.json.restored", "keeper.state.restored"]
@@ -247,8 +259,7 @@ def test_keep_state_keeps_files_that_do_not_look_like_a_pending_save(vm_dir):
     _assert_survived(vms, before)
     # kexec refused a running VM beside a kept manifest ("a manifest from an earlier save exists"): the check
     # mode runs every check before the blackout.
-    assert cpr.save(names=["keeper"], state_dir=state_dir, reboot="kexec", timeout=60,
-                    check_mode=True)["would_save"] == ["keeper"]
+    assert save(Selection(names=["keeper"]), state_dir, SaveOptions(reboot="kexec", timeout=60), check_mode=True)["would_save"] == ["keeper"]
 
 
 def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
@@ -256,7 +267,7 @@ def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["lateagent"])
     before = _memory(vms)
     state_dir = os.path.join(vm_dir, "state")
-    [saved] = cpr.save(names=["lateagent"], state_dir=state_dir, reboot="none", timeout=60)["vms"]
+    [saved] = save(Selection(names=["lateagent"]), state_dir, SaveOptions(reboot="none", timeout=60))["vms"]
     held = threading.Event()
 
     def hold_agent_channel():
@@ -276,7 +287,7 @@ def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
     holder = threading.Thread(target=hold_agent_channel)
     holder.start()
     try:
-        [result] = cpr.restore(state_dir=state_dir, timeout=60)["vms"]
+        [result] = restore(state_dir, options=RestoreOptions(timeout=60))["vms"]
         returned = time.time()
     finally:
         holder.join()
@@ -323,17 +334,17 @@ def test_launch_systemd_with_the_example_unit(vm_dir, monkeypatch):
             started.append(subprocess.Popen([UNIT_WRAPPER, name], env=dict(os.environ, **environment),
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
 
-    monkeypatch.setattr(cpr, "_run_starter", systemctl)
-    restore = {"state_dir": state_dir, "timeout": 60, "launch_mode": "systemd", "unit": "qemu-cpr@{name}.service"}
+    monkeypatch.setattr(_process, "run_starter", systemctl)
+    unit = Launcher("systemd", "qemu-cpr@{name}.service")
     command_lines = []
     for cycle in range(2):
-        cpr.save(names=["unitvm"], state_dir=state_dir, reboot="none", timeout=60)
-        manifest = read_manifest(os.path.join(state_dir, "unitvm.json"))
-        [result] = cpr.restore(**restore)["vms"]
+        save(Selection(names=["unitvm"]), state_dir, SaveOptions(reboot="none", timeout=60))
+        manifest = StateDir(state_dir).read_manifest("unitvm")
+        [result] = restore(state_dir, options=RestoreOptions(timeout=60, launcher=unit))["vms"]
         assert result["runstate"] == "running"
         # The recorded command line, the versioned machine pinned once, waiting on the recorded QMP socket.
         command_lines.append(_cmdline(result["pid"]))
-        assert command_lines[-1] == cpr.restore_argv(manifest)
+        assert command_lines[-1] == _process.restore_argv(manifest.argv, manifest.machine_type)
         assert command_lines[-1][-4:] == ["-machine", manifest.machine_type, "-incoming", "defer"]
         _assert_survived(vms, before)
         assert len(started) == cycle + 1
@@ -341,14 +352,14 @@ def test_launch_systemd_with_the_example_unit(vm_dir, monkeypatch):
 
     # A unit whose QEMU does not come up (here the wrapper refuses a manifest without a command line): the error
     # names the unit and where its output is.
-    cpr.save(names=["unitvm"], state_dir=state_dir, reboot="none", timeout=60)
+    save(Selection(names=["unitvm"]), state_dir, SaveOptions(reboot="none", timeout=60))
     broken = os.path.join(vm_dir, "broken")
     os.makedirs(broken)
     with open(os.path.join(broken, "unitvm.json"), "w", encoding="utf-8") as handle:
         handle.write("{}")
     environment["QEMU_CPR_STATE_DIR"] = broken
     with pytest.raises(NotAnsweringError) as failure:
-        cpr.restore(**{**restore, "timeout": 3})
+        restore(state_dir, options=RestoreOptions(timeout=3, launcher=unit))
     message = str(failure.value)
     assert "VM unitvm: the new QEMU did not answer" in message and "systemd started it in qemu-cpr@unitvm.service" in message
     assert "journalctl -u qemu-cpr@unitvm.service" in message
@@ -356,7 +367,7 @@ def test_launch_systemd_with_the_example_unit(vm_dir, monkeypatch):
     with open(os.path.join(vm_dir, "unitvm.unit.log"), encoding="utf-8") as handle:
         assert "has no command line or machine type" in handle.read()
     environment["QEMU_CPR_STATE_DIR"] = state_dir
-    cpr.restore(**restore)
+    restore(state_dir, options=RestoreOptions(timeout=60, launcher=unit))
     _assert_survived(vms, before)
 
     # Without a manifest the unit boots the VM afresh from its .args.
@@ -379,8 +390,7 @@ def test_all_or_nothing_false_keeps_the_saved_vm_saved(vm_dir, qemu):
                       "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0", wait_for=qmp)
     state_dir = os.path.join(vm_dir, "state")
     with pytest.raises(CprError) as failure:
-        cpr.save(names=["kept", "mute"], state_dir=state_dir, reboot="none", suspend="all", timeout=5,
-                 all_or_nothing=False)
+        save(Selection(names=["kept", "mute"]), state_dir, SaveOptions(reboot="none", timeout=5, suspend="all", all_or_nothing=False))
     message = str(failure.value)
     assert "VM mute: the guest agent on" in message and "did not answer within 5 s" in message
     assert "Resumed as they were: mute" in message
@@ -391,7 +401,7 @@ def test_all_or_nothing_false_keeps_the_saved_vm_saved(vm_dir, qemu):
     with open(os.path.join(state_dir, "kept.json"), encoding="utf-8") as handle:
         assert json.load(handle)["suspended_by_us"] is True
 
-    restored = cpr.restore(state_dir=state_dir, timeout=60)
+    restored = restore(state_dir, options=RestoreOptions(timeout=60))
     assert [(vm["name"], vm["runstate"]) for vm in restored["vms"]] == [("kept", "running")]
     _assert_survived(vms, before)
 
@@ -411,7 +421,7 @@ def test_qga_suspend_without_an_agent_socket_names_the_vm(qemu, tmp_path):
     qemu.start("-qmp", f"unix:{qmp},server=on,wait=off", "-name", "agentless", wait_for=qmp)
     with pytest.raises(CprError, match=r"^VM agentless: the VM has no guest agent socket, so its guest cannot be "
                                        r"suspended\. Add a virtserialport named org\.qemu\.guest_agent\.0"):
-        suspend.select_and_set_states(None, ["agentless"], None, "suspended", 5)
+        set_states(Selection(names=["agentless"]), "suspended", 5)
     assert testbed.TestVM.runstate(_Socket(qmp)) == "running"
 
 
@@ -420,11 +430,11 @@ def test_qga_suspend_two_guests_at_once_and_a_timeout(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["duo1", "duo2"], machine="pc")
     before = _memory(vms)
     names = ["duo1", "duo2"]
-    asleep = suspend.select_and_set_states(None, names, None, "suspended", 30)
+    asleep = set_states(Selection(names=names), "suspended", 30)
     assert [(vm["name"], vm["changed"], vm["runstate_before"], vm["runstate"]) for vm in asleep] == [
         ("duo1", True, "running", "suspended"), ("duo2", True, "running", "suspended")]
     assert [vm.runstate() for vm in vms] == ["suspended", "suspended"]
-    awake = suspend.select_and_set_states(None, names, None, "awake", 30)
+    awake = set_states(Selection(names=names), "awake", 30)
     assert [(vm["name"], vm["changed"], vm["runstate"]) for vm in awake] == [
         ("duo1", True, "running"), ("duo2", True, "running")]
     _assert_survived(vms, before)
@@ -433,7 +443,7 @@ def test_qga_suspend_two_guests_at_once_and_a_timeout(vm_dir):
     # left as it is; duo2 of the same call is suspended all the same, and the error says so.
     vms[0].guest_exec(["sh", "-c", "echo devices > /sys/power/pm_test"])
     with pytest.raises(CprError) as failure:
-        suspend.select_and_set_states(None, names, None, "suspended", 3)
+        set_states(Selection(names=names), "suspended", 3)
     [error] = failure.value.result["errors"]
     assert error["name"] == "duo1" and error["msg"].startswith(
         "VM duo1: the guest did not reach the suspended runstate within 3 s after guest-suspend-ram; "
@@ -450,7 +460,7 @@ def test_qga_suspend_two_guests_at_once_and_a_timeout(vm_dir):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    awake = suspend.select_and_set_states(None, names, None, "awake", 30)
+    awake = set_states(Selection(names=names), "awake", 30)
     assert [(vm["name"], vm["changed"], vm["runstate"]) for vm in awake] == [
         ("duo1", False, "running"), ("duo2", True, "running")]
     _assert_survived(vms, before)
@@ -465,20 +475,20 @@ def test_a_q35_guest_that_cannot_suspend_again_is_refused_by_name(vm_dir):
     """
     [guest] = testbed.boot_vms(vm_dir, names=["twice"])
     before = _memory([guest])
-    assert not vm_status(names=["twice"], timeout=5)[0]["s3_blocked"]
+    assert not vm_status(Selection(names=["twice"]), FactsOptions(timeout=5))["vms"][0]["s3_blocked"]
     for state in ("suspended", "awake"):
-        [result] = suspend.select_and_set_states(None, ["twice"], None, state, 30)
+        [result] = set_states(Selection(names=["twice"]), state, 30)
         assert result["changed"]
-    [facts] = vm_status(names=["twice"], timeout=5)
+    [facts] = vm_status(Selection(names=["twice"]), FactsOptions(timeout=5))["vms"]
     assert facts["s3_blocked"] and facts["runstate"] == "running"
 
     refusal = "VM twice: the guest cannot suspend to RAM again in this boot: after its last resume its firmware left"
     with pytest.raises(NotReadyError, match=refusal):
-        suspend.select_and_set_states(None, ["twice"], None, "suspended", 30)
+        set_states(Selection(names=["twice"]), "suspended", 30)
     assert guest.runstate() == "running"
     state_dir = os.path.join(vm_dir, "state")
     with pytest.raises(CprError, match=refusal) as failure:
-        cpr.save(names=["twice"], state_dir=state_dir, reboot="none", suspend="all", timeout=30)
+        save(Selection(names=["twice"]), state_dir, SaveOptions(reboot="none", timeout=30, suspend="all"))
     assert "Resumed as they were: twice" in str(failure.value)
     assert guest.runstate() == "running" and [f for f in os.listdir(state_dir) if not f.startswith(".")] == []
     _assert_survived([guest], before)

@@ -7,8 +7,10 @@ import time
 import pytest
 import testbed
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import power
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._power import start as power_start
+from ansible_collections.hypervisor.cpr.plugins.module_utils._power import stop as power_stop
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 
@@ -25,20 +27,20 @@ def test_shutdown_through_the_agent_and_start_again(vm_dir):
     argvs = {vm.name: vm.argv for vm in vms}
     state_dir = os.path.join(vm_dir, "state")
 
-    planned = power.stop(names=["off1", "off2"], state_dir=state_dir, check_mode=True)
+    planned = power_stop(Selection(names=["off1", "off2"]), state_dir, check_mode=True)
     assert planned["changed"] and planned["would_change"] == ["off1", "off2"]
     assert all(vm.alive() for vm in vms) and _records(state_dir) == []
 
-    stopped = power.stop(names=["off1", "off2"], state_dir=state_dir, timeout=60)
+    stopped = power_stop(Selection(names=["off1", "off2"]), state_dir, timeout=60)
     assert stopped["changed"] and [vm["how"] for vm in stopped["vms"]] == ["guest-shutdown"] * 2
     assert not any(vm.alive() for vm in vms)
     assert _records(state_dir) == ["off1.stopped", "off2.stopped"]
     assert oct(os.stat(os.path.join(state_dir, "off1.stopped")).st_mode & 0o777) == "0o600"
 
-    again = power.stop(names=["off1", "off2"], state_dir=state_dir, timeout=60)
+    again = power_stop(Selection(names=["off1", "off2"]), state_dir, timeout=60)
     assert not again["changed"] and [vm["changed"] for vm in again["vms"]] == [False, False]
 
-    started = power.start(state_dir=state_dir, names=["off1", "off2"], timeout=180)
+    started = power_start(state_dir, names=["off1", "off2"], timeout=180)
     assert started["changed"] and sorted(vm["name"] for vm in started["vms"]) == ["off1", "off2"]
     assert _records(state_dir) == []
     for vm in vms:
@@ -47,7 +49,7 @@ def test_shutdown_through_the_agent_and_start_again(vm_dir):
         assert vm.agent("guest-ping") == {}
         assert vm.marker() != markers[vm.name]
         assert testbed._cmdline(vm.pid) == argvs[vm.name]  # pylint: disable=protected-access
-    assert not power.start(state_dir=state_dir, names=["off1", "off2"])["changed"]
+    assert not power_start(state_dir, names=["off1", "off2"])["changed"]
 
 
 def test_paused_guest_is_refused_before_any_vm_is_touched(vm_dir):
@@ -55,7 +57,7 @@ def test_paused_guest_is_refused_before_any_vm_is_touched(vm_dir):
     vms[1].qmp("stop")
     state_dir = os.path.join(vm_dir, "state")
     with pytest.raises(NotReadyError, match="VM paused1 is paused: only a running guest can shut down cleanly"):
-        power.stop(names=["run1", "paused1"], state_dir=state_dir)
+        power_stop(Selection(names=["run1", "paused1"]), state_dir)
     assert [vm.runstate() for vm in vms] == ["running", "paused"]
     assert _records(state_dir) == []
 
@@ -66,12 +68,12 @@ def test_guest_that_refuses_or_ignores_the_request_is_left_running(vm_dir):
     # The agent runs shutdown, which fails: the agent says so.
     vms[0].guest_exec(["sh", "-c", "printf '#!/bin/sh\\nexit 1\\n' > /sbin/shutdown"])
     with pytest.raises(CprError, match="VM refuses: the guest agent refused guest-shutdown"):
-        power.stop(names=["refuses"], state_dir=state_dir, timeout=30)
+        power_stop(Selection(names=["refuses"]), state_dir, timeout=30)
     # Without an answering agent the ACPI power button is pressed; this guest has nothing that listens to it.
     vms[1].guest_exec(["sh", "-c", "(sleep 1; killall -STOP qemu-ga) >/dev/null 2>&1 &"])
     time.sleep(2)
     with pytest.raises(CprError) as failure:
-        power.stop(names=["deaf"], state_dir=state_dir, timeout=3)
+        power_stop(Selection(names=["deaf"]), state_dir, timeout=3)
     assert "VM deaf: the guest did not power off within 3 s after system_powerdown; it is left running" in str(
         failure.value)
     assert failure.value.result["errors"] == [{"name": "deaf", "msg": str(failure.value)}]
@@ -83,4 +85,4 @@ def test_start_of_an_unknown_vm_is_refused(vm_dir):
     state_dir = os.path.join(vm_dir, "state")
     os.makedirs(state_dir, mode=0o700)
     with pytest.raises(CprError, match="no record in .* of a shut-down VM, and no running VM, for ghost"):
-        power.start(state_dir=state_dir, names=["ghost"])
+        power_start(state_dir, names=["ghost"])

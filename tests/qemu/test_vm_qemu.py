@@ -14,9 +14,9 @@ import tempfile
 import pytest
 import testbed
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr, vm
-from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import discover
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checkpoint import SaveOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import discover
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
     ConnectionFailedError,
     NotAnsweringError,
@@ -24,13 +24,17 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     SelectionError,
     SocketMissingError,
 )
-from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._status import status as vm_status
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _only(name, **kwargs):
-    [facts] = vm.status(names=[name], timeout=kwargs.pop("timeout", 5), **kwargs)
+def _only(name, **options):
+    [facts] = vm_status(Selection(names=[name]), FactsOptions(**dict({"timeout": 5}, **options)))["vms"]
     return facts
 
 
@@ -174,7 +178,7 @@ def test_qemu_too_old(qemu, tmp_path):
     # A save refuses it before touching anything, naming the VM and saying what to do.
     state_dir = str(tmp_path / "state")
     with pytest.raises(NotReadyError) as refused:
-        cpr.save(names=[f"old{os.getpid()}"], state_dir=state_dir, reboot="none", timeout=30)
+        save(Selection(names=[f"old{os.getpid()}"]), state_dir, SaveOptions(reboot="none", timeout=30))
     assert str(refused.value) == f"VM old{os.getpid()} is not ready: {too_old}. Nothing was touched"
     assert _only(f"old{os.getpid()}")["runstate"] == "running"
     assert os.listdir(state_dir) == []
@@ -194,7 +198,7 @@ def test_explicit_list_of_a_vm_discovery_cannot_see(qemu, tmp_path):
     process = qemu.start("-S", "-readconfig", str(config), wait_for=qmp)
     assert all(e.pid != process.pid for e in discover())
 
-    [facts] = vm.status(vms=[{"name": "legacy1", "qmp_socket": qmp, "qga_socket": qga}], timeout=5)
+    [facts] = vm_status(Selection(vms=[{"name": "legacy1", "qmp_socket": qmp, "qga_socket": qga}]), FactsOptions(timeout=5))["vms"]
     assert (facts["name"], facts["pid"], facts["runstate"], facts["source"]) == ("legacy1", process.pid, "prelaunch", "explicit")
     assert (facts["qmp_socket"], facts["qga_socket"], facts["error"]) == (qmp, qga, None)
     assert facts["argv"][-2:] == ["-readconfig", str(config)]
@@ -286,7 +290,7 @@ def test_readme_ad_hoc_command(qemu, vm_dir, tmp_path):
 
 
 def test_missing_socket_is_reported_not_raised(tmp_path):
-    [facts] = vm.status(vms=[{"name": "ghost", "qmp_socket": str(tmp_path / "ghost.qmp")}], timeout=2)
+    [facts] = vm_status(Selection(vms=[{"name": "ghost", "qmp_socket": str(tmp_path / "ghost.qmp")}]), FactsOptions(timeout=2))["vms"]
     assert facts["error"].startswith(f"VM ghost: QMP socket {tmp_path}/ghost.qmp does not exist")
     assert not facts["cpr"]["ready"]
 
@@ -361,7 +365,7 @@ def test_stopped_qemu_does_not_answer(qemu, tmp_path):
 
     # Doing what the message says is enough.
     os.kill(process.pid, signal.SIGCONT)
-    [facts] = vm.status(vms=[{"name": "stopped", "qmp_socket": qmp}], timeout=10)
+    [facts] = vm_status(Selection(vms=[{"name": "stopped", "qmp_socket": qmp}]), FactsOptions(timeout=10))["vms"]
     assert (facts["error"], facts["runstate"]) == (None, "running")
 
 
@@ -378,8 +382,11 @@ def test_permission_denied_for_another_user(qemu):
         site_packages = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
         code = (
             "import json, sys; sys.path[:0] = sys.argv[1].split(':');"
-            "from ansible_collections.hypervisor.cpr.plugins.module_utils import vm;"
-            "print(json.dumps(vm.status(vms=[{'name': 'perm', 'qmp_socket': sys.argv[2]}], timeout=2)[0]['error']))"
+            "from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions;"
+            "from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection;"
+            "from ansible_collections.hypervisor.cpr.plugins.module_utils._status import status;"
+            "print(json.dumps(status(Selection(vms=[{'name': 'perm', 'qmp_socket': sys.argv[2]}]),"
+            " FactsOptions(timeout=2))['vms'][0]['error']))"
         )
         result = subprocess.run(["runuser", "-u", "nobody", "--", shutil.which("python3", path="/usr/bin"), "-c", code,
                                  os.path.join(REPO_ROOT, ".cache", "collections") + ":" + site_packages, qmp],
@@ -396,9 +403,9 @@ def test_query_selects_and_bad_query_fails_before_touching(qemu, tmp_path):
     for label, extra in (("ready", ()), ("held", ("-S",))):
         qmp = str(tmp_path / f"{label}.qmp")
         qemu.start(*extra, "-qmp", f"unix:{qmp},server=on,wait=off", "-name", f"{unique}-{label}", wait_for=qmp)
-    selected = vm.status(names=[f"{unique}-ready", f"{unique}-held"], query="[?cpr.ready]", timeout=5)
+    selected = vm_status(Selection(names=[f"{unique}-ready", f"{unique}-held"], query="[?cpr.ready]"), FactsOptions(timeout=5))["vms"]
     assert [f["name"] for f in selected] == [f"{unique}-ready"]
     with pytest.raises(SelectionError, match="not a valid JMESPath"):
-        vm.status(query="[?cpr.ready", timeout=5)
+        vm_status(Selection(query="[?cpr.ready"), FactsOptions(timeout=5))["vms"]
     with pytest.raises(SelectionError, match="must return a list of VMs"):
-        vm.status(names=[f"{unique}-ready"], query="[].name", timeout=5)
+        vm_status(Selection(names=[f"{unique}-ready"], query="[].name"), FactsOptions(timeout=5))["vms"]

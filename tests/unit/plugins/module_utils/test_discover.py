@@ -2,15 +2,7 @@
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
-    VmEndpoint,
-    check_unique_names,
-    endpoint_from_argv,
-    is_qemu_argv,
-    parse_opts,
-    select_by_name,
-)
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import SelectionError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import endpoint_from_argv, is_qemu_argv, parse_opts
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 AGENT = ["-chardev", "socket,id=qga0,path=/run/vm.qga,server=on,wait=off",
@@ -84,18 +76,3 @@ def test_is_qemu():
     assert is_qemu_argv(["/usr/bin/qemu-system-x86_64"])
     assert is_qemu_argv(["qemu"], exe="/usr/libexec/qemu-kvm")
     assert not is_qemu_argv(["/usr/bin/python3", "qemu-system-x86_64"])
-
-
-def _endpoints(*names):
-    return [VmEndpoint(name=n, qmp_socket=f"/run/{n}.qmp") for n in names]
-
-
-def test_select_by_name_keeps_order_and_refuses_unknown():
-    assert [e.name for e in select_by_name(_endpoints("a", "b", "c"), ["c", "a"])] == ["c", "a"]
-    with pytest.raises(SelectionError, match="no running VM is named zz .VMs found: a, b"):
-        select_by_name(_endpoints("a", "b"), ["a", "zz"])
-
-
-def test_duplicate_names_refused():
-    with pytest.raises(SelectionError, match="two VMs are named a"):
-        check_unique_names(_endpoints("a", "a"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.host import installed_kernels, target_kernel, version_key
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import installed_kernels, target_kernel, version_key
 
 
 @pytest.mark.parametrize("older, newer", [

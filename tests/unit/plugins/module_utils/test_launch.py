@@ -11,9 +11,14 @@ import re
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import cpr
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError, NotAnsweringError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import Manifest
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _process
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotAnsweringError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest
+from ansible_collections.hypervisor.cpr.plugins.module_utils._process import Launched
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+
+STATE_DIR = StateDir("/var/lib/qemu-cpr")
 
 RECORDED = ["/usr/bin/qemu-system-x86_64", "-name", "guest=web1", "-S", "-machine", "q35,memory-backend=ram0",
             "-qmp", "unix:/run/qemu/web1.qmp,server=on,wait=off", "-m", "256"]
@@ -34,58 +39,60 @@ def _manifest():
 def commands(monkeypatch):
     """The commands the starters would run, in order."""
     ran = []
-    monkeypatch.setattr(cpr, "_run_starter", lambda command, name: ran.append((command, name)))
+    monkeypatch.setattr(_process, "run_starter", lambda command, name: ran.append((command, name)))
     return ran
 
 
 def test_launch_systemd_starts_the_operators_unit(commands, monkeypatch):
     # Whether systemd runs the host does not matter: the operator's unit is started either way.
-    monkeypatch.setattr(cpr, "_systemd_runs_host", lambda: False)
-    child, unit = cpr.launch(_manifest(), "/var/lib/qemu-cpr", "systemd", "qemu@{name}.service")
-    assert (child, unit) == (None, "qemu@web1.service")
+    monkeypatch.setattr(_process, "_systemd_run_available", lambda: False)
+    launched = Launcher("systemd", "qemu@{name}.service").start(_manifest(), STATE_DIR)
+    assert (launched.child, launched.unit) == (None, "qemu@web1.service")
     assert commands == [(["systemctl", "start", "qemu@web1.service"], "web1")]
 
 
 def test_unit_template_takes_only_the_name():
-    assert cpr.systemd_unit_name("vm-{name}.service", "db.2") == "vm-db.2.service"
+    assert _process.systemd_unit_name("vm-{name}.service", "db.2") == "vm-db.2.service"
     # Other braces are not a format string: they stay as written.
-    assert cpr.systemd_unit_name("qemu@{name}{x}.service", "web1") == "qemu@web1{x}.service"
-    assert cpr.systemctl_start_command("qemu@web1.service") == ["systemctl", "start", "qemu@web1.service"]
+    assert _process.systemd_unit_name("qemu@{name}{x}.service", "web1") == "qemu@web1{x}.service"
+    assert _process.systemctl_start_command("qemu@web1.service") == ["systemctl", "start", "qemu@web1.service"]
 
 
 def test_launch_argv_under_systemd_runs_the_recorded_command_line_in_a_transient_unit(commands, monkeypatch):
-    monkeypatch.setattr(cpr, "_systemd_runs_host", lambda: True)
-    child, unit = cpr.launch(_manifest(), "/var/lib/qemu-cpr", "argv", "qemu@{name}.service")
-    assert child is None and re.fullmatch(r"hypervisor-cpr-web1-\d+\.service", unit)
+    monkeypatch.setattr(_process, "_systemd_run_available", lambda: True)
+    launched = Launcher("argv", "qemu@{name}.service").start(_manifest(), STATE_DIR)
+    unit = launched.unit
+    assert launched.child is None and re.fullmatch(r"hypervisor-cpr-web1-\d+\.service", unit)
     assert commands == [(["systemd-run", f"--unit={unit}", "--collect", "--working-directory=/var/lib/vms", "--",
                           *RESTORE_ARGV], "web1")]
 
 
 def test_systemd_run_command_line():
-    assert cpr.transient_unit_name("web1", 1700000000.9) == "hypervisor-cpr-web1-1700000000.service"
-    assert cpr.systemd_run_command("u.service", ["qemu", "-name", "a b"], "/srv") == [
+    assert _process.transient_unit_name("web1", 1700000000.9) == "hypervisor-cpr-web1-1700000000.service"
+    assert _process.systemd_run_command("u.service", ["qemu", "-name", "a b"], "/srv") == [
         "systemd-run", "--unit=u.service", "--collect", "--working-directory=/srv", "--", "qemu", "-name", "a b"]
 
 
 def test_start_qemu_under_systemd_names_its_own_unit(commands, monkeypatch):
     """vm_power's fresh start: no unit given, one is made from the VM's name."""
-    monkeypatch.setattr(cpr, "_systemd_runs_host", lambda: True)
-    assert cpr.start_qemu("web1", ["qemu"], "/", "/var/lib/qemu-cpr") is None
+    monkeypatch.setattr(_process, "_systemd_run_available", lambda: True)
+    assert _process.start_qemu("web1", ["qemu"], "/", "/run/qemu/web1.qmp", STATE_DIR).child is None
     [(command, name)] = commands
     assert name == "web1" and re.fullmatch(r"--unit=hypervisor-cpr-web1-\d+\.service", command[1])
 
 
 def test_a_starter_that_fails_is_an_error_in_its_own_words():
     with pytest.raises(CprError, match=r"^VM web1: sh could not start the new QEMU: Unit qemu@web1.service not found"):
-        cpr._run_starter(["sh", "-c", "echo 'Unit qemu@web1.service not found.' >&2; exit 5"], "web1")  # pylint: disable=protected-access
+        _process.run_starter(["sh", "-c", "echo 'Unit qemu@web1.service not found.' >&2; exit 5"], "web1")
     with pytest.raises(CprError, match="VM web1: no-such-systemctl could not start the new QEMU: .*No such file"):
-        cpr._run_starter(["no-such-systemctl", "start", "x"], "web1")  # pylint: disable=protected-access
+        _process.run_starter(["no-such-systemctl", "start", "x"], "web1")
 
 
 def _wait_for_qmp(tmp_path, unit):
     async def run():
         async with contextlib.AsyncExitStack() as stack:
-            await cpr.wait_for_qmp("web1", str(tmp_path / "web1.qmp"), None, str(tmp_path), 0.05, stack, unit)
+            await _process.wait_for_qmp(Launched("web1", str(tmp_path / "web1.qmp"), unit=unit), StateDir(str(tmp_path)),
+                                        0.05, stack)
 
     asyncio.run(run())
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.cpr import MAX_BANDWIDTH, migration_settings
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import NotReadyError
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import CprVerdict, VmFacts
+from ansible_collections.hypervisor.cpr.plugins.module_utils._migration import MAX_BANDWIDTH, migration_settings
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import CprVerdict, VmFacts
 
 QEMU_10 = ["x-ignore-shared", "mapped-ram", "multifd", "postcopy-ram"]
 QEMU_8 = ["x-ignore-shared", "multifd", "postcopy-ram"]

@@ -1,7 +1,7 @@
 """The readiness verdict, for cases QEMU under TCG cannot produce (VFIO) and the RAM plan."""
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import MemoryBackend
-from ansible_collections.hypervisor.cpr.plugins.module_utils.vm import S3_BLOCKED, AgentFacts, VmFacts, ram_plan, verdict
+from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import MemoryBackend
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import S3_BLOCKED, AgentFacts, VmFacts, ram_plan, verdict
 
 
 def _backend(backend_id="ram0", share=True, mappable=True, persistent=True, size=256 << 20):

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
 """The one exception hierarchy of hypervisor.cpr.
 
 Every error names the VM it concerns (when there is one) and says what the
@@ -9,7 +12,7 @@ operator can do about it, so a module can show ``str(error)`` as it is.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 
 class CprError(Exception):
@@ -55,7 +58,7 @@ class SocketPermissionError(ConnectionFailedError):
 
 
 class NotAnsweringError(ConnectionFailedError):
-    """Connected, but no answer within the timeout."""
+    """Connected, but no answer within the timeout; also any wait that ran out of time."""
 
 
 class CommandFailedError(CprError):
@@ -66,7 +69,35 @@ class NotReadyError(CprError):
     """A VM cannot take part in a checkpoint and restart, with every reason."""
 
 
-def raise_failures(names: List[str], results: List[Any], detail: Dict[str, Any], done_label: str, hint: str) -> None:
+class RolledBackError(CprError):
+    """A VM saved without fault, rolled back because another VM of the same all-or-nothing call failed."""
+
+    def __init__(self, vm: str) -> None:
+        super().__init__("rolled back and resumed, because another VM of this call failed to save", vm)
+
+
+class StateDirError(CprError):
+    """The state directory is unsafe or unusable."""
+
+
+class ManifestError(CprError):
+    """A manifest, a record or a state file is missing, unreadable or inconsistent."""
+
+
+class LockedError(CprError):
+    """Another hypervisor.cpr run holds the host."""
+
+
+class RunLockedError(LockedError):
+    """Another run holds the host's run lock; holder is what its lock records."""
+
+    def __init__(self, message: str, holder: Dict[str, Any], hint: Optional[str] = None) -> None:
+        self.holder = holder
+        super().__init__(message, hint=hint, result={"holder": holder})
+
+
+def raise_failures(names: Sequence[str], results: Sequence[Any], detail: Dict[str, Any], done_label: str,
+                   hint: str) -> None:
     """One error for the VMs of a concurrent call that failed (results holds their exceptions, in names' order).
 
     detail, what the call did for the others, travels with it, plus one entry per failed VM under errors.
@@ -75,7 +106,7 @@ def raise_failures(names: List[str], results: List[Any], detail: Dict[str, Any],
     if not failed:
         return
     detail = dict(detail, errors=[{"name": name, "msg": str(error)} for name, error in failed])
-    done = [vm["name"] for vm in detail.get("vms", [])]
+    done: List[str] = [vm["name"] for vm in detail.get("vms", [])]
     if len(failed) == 1 and not done and isinstance(failed[0][1], CprError):
         failed[0][1].result = detail
         raise failed[0][1]

@@ -1,41 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The facts of one VM, and whether it is ready for a cpr-reboot checkpoint."""
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
+"""The facts of one VM, read over QMP, and whether it is ready for a cpr-reboot checkpoint.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.discover import (
-    VmEndpoint,
-    check_unique_names,
-    discover,
-    explicit_endpoints,
-    read_argv,
-    select_by_name,
-)
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
-    CommandFailedError,
-    CprError,
-    MissingDependencyError,
-    SelectionError,
-)
-from ansible_collections.hypervisor.cpr.plugins.module_utils.host import boot_id
-from ansible_collections.hypervisor.cpr.plugins.module_utils.manifest import ensure_state_dir, pending
-from ansible_collections.hypervisor.cpr.plugins.module_utils.memory import MemoryBackend, classify
-from ansible_collections.hypervisor.cpr.plugins.module_utils.qmp import QmpSession, open_agent, open_qmp
-
-try:
-    import jmespath
-
-    JMESPATH_IMPORT_ERROR: Optional[str] = None
-except ImportError:
-    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, read_argv
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CommandFailedError, CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import MemoryBackend, QemuBackend, classify
+from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession, open_agent, open_qmp
 
 MIN_QEMU_CPR = (8, 2, 0)
 MIN_QEMU_VFIO = (9, 0, 0)
@@ -226,8 +207,8 @@ async def _memory_backends(session: QmpSession, pid: Optional[int]) -> List[Memo
         if qom_type == "memory-backend-file":
             mem_path = await session.execute("qom-get", {"path": path, "property": "mem-path"})
             discard = await _optional(session, "qom-get", {"path": path, "property": "discard-data"})
-        backends.append(classify(backend_id, qom_type, memdev["size"], bool(memdev.get("share")), mem_path,
-                                 bool(discard), pid))
+        backends.append(classify(QemuBackend(backend_id, qom_type, memdev["size"], bool(memdev.get("share")), mem_path,
+                                             bool(discard)), pid))
     return backends
 
 
@@ -284,13 +265,22 @@ async def _agent(endpoint: VmEndpoint, runstate: Optional[str], timeout: float) 
     return facts
 
 
-async def gather(endpoint: VmEndpoint, *, timeout: float, reboot: str = "kexec",
-                 ignore_shared: Optional[bool] = None, check_agent: bool = True) -> VmFacts:
+@dataclass(frozen=True)
+class FactsOptions:
+    """How a VM's facts are read and judged: the socket timeout, the planned reboot, RAM kept in place, the agent."""
+
+    timeout: float = 10.0
+    reboot: str = "kexec"
+    ignore_shared: Optional[bool] = None
+    check_agent: bool = True
+
+
+async def gather(endpoint: VmEndpoint, options: FactsOptions) -> VmFacts:
     """Read every fact of one VM; an unreachable VM comes back with its error set."""
     facts = VmFacts(endpoint.name, endpoint.qmp_socket, endpoint.qga_socket, endpoint.source,
                     pid=endpoint.pid, argv=endpoint.argv)
     try:
-        async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=timeout) as session:
+        async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=options.timeout) as session:
             facts.pid = session.pid or facts.pid
             if facts.pid and not facts.argv:
                 facts.argv = read_argv(facts.pid)
@@ -306,89 +296,14 @@ async def gather(endpoint: VmEndpoint, *, timeout: float, reboot: str = "kexec",
             facts.runs_replaced_code = runs_replaced_code(facts.pid)
     except CprError as exc:
         facts.error = str(exc)
-    if check_agent and not facts.error:
-        facts.agent = await _agent(endpoint, facts.runstate, timeout)
+    if options.check_agent and not facts.error:
+        facts.agent = await _agent(endpoint, facts.runstate, options.timeout)
     else:
         facts.agent = AgentFacts(socket=endpoint.qga_socket)
-    facts.cpr = verdict(facts, reboot, ignore_shared)
+    facts.cpr = verdict(facts, options.reboot, options.ignore_shared)
     return facts
 
 
-def compile_query(query: Optional[str]) -> Any:
-    """Compile a JMESPath selection early, so a typo fails before any VM is touched."""
-    if not query:
-        return None
-    if JMESPATH_IMPORT_ERROR is not None:
-        raise MissingDependencyError(
-            "the Python library jmespath is needed for query but is not installed",
-            hint="install it on the hypervisor (pip install jmespath), or select VMs with names instead",
-        )
-    try:
-        return jmespath.compile(query)
-    except jmespath.exceptions.JMESPathError as exc:
-        raise SelectionError(f"query {query!r} is not a valid JMESPath expression: {exc}",
-                             hint="a query selects from the list of VMs, for example [?cpr.ready && !vfio]") from None
-
-
-def run_query(expression: Any, query: str, vms: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Apply a compiled query to VM facts; it must yield VMs (objects with a name)."""
-    result = expression.search(vms)
-    if result is None:
-        return []
-    if not isinstance(result, list) or not all(isinstance(vm, dict) and "name" in vm for vm in result):
-        raise SelectionError(
-            f"query {query!r} must return a list of VMs, not {type(result).__name__}",
-            hint="filter the list instead of projecting fields, for example [?cpr.ready] rather than [].name",
-        )
-    return result
-
-
-def endpoints(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None) -> List[VmEndpoint]:
-    """The VMs to work on: an explicit list or those discovered, filtered by name."""
-    found = explicit_endpoints(vms) if vms else discover()
-    # Only the VMs worked on must have unique names: a clash elsewhere on the host is not ours to refuse.
-    check_unique_names([e for e in found if not names or e.name in names])
-    return select_by_name(found, names)
-
-
-async def gather_all(selected: List[VmEndpoint], *, timeout: float, reboot: str = "kexec",
-                     ignore_shared: Optional[bool] = None, check_agent: bool = True) -> List[VmFacts]:
+async def gather_all(selected: List[VmEndpoint], options: FactsOptions) -> List[VmFacts]:
     """The facts of many VMs, read concurrently."""
-    return list(await asyncio.gather(*(
-        gather(e, timeout=timeout, reboot=reboot, ignore_shared=ignore_shared, check_agent=check_agent)
-        for e in selected
-    )))
-
-
-def status(vms: Optional[List[Dict[str, Any]]] = None, names: Optional[List[str]] = None,
-           query: Optional[str] = None, timeout: float = 10.0, reboot: str = "kexec",
-           ignore_shared: Optional[bool] = None) -> List[Dict[str, Any]]:
-    """What the vm_status module returns: facts of the selected VMs as plain data."""
-    expression = compile_query(query)
-    selected = endpoints(vms, names)
-    facts = asyncio.run(gather_all(selected, timeout=timeout, reboot=reboot, ignore_shared=ignore_shared))
-    result = [f.to_dict() for f in facts]
-    return run_query(expression, query, result) if expression is not None else result
-
-
-def report(state_dir: Optional[str], vms: Optional[List[Dict[str, Any]]], names: Optional[List[str]],
-           query: Optional[str], timeout: float, reboot: str, ignore_shared: Optional[bool]) -> Dict[str, Any]:
-    """What the vm_status module returns: the running VMs and, with a state directory, what it holds.
-
-    A name the state directory holds (saved or shut down) is not running, and not an unknown name.
-    """
-    result: Dict[str, Any] = {"changed": False}
-    if state_dir is not None:
-        if os.path.lexists(state_dir):
-            ensure_state_dir(state_dir, create=False)
-        result.update(pending(state_dir, boot_id()) if os.path.lexists(state_dir) else {"saved": [], "stopped": []})
-        held = {vm["name"] for vm in result["saved"] + result["stopped"]}
-        if names:
-            running = [n for n in names if n not in held]
-            if not running:
-                result["vms"] = []
-                return result
-            names = running
-    result["vms"] = status(vms=vms, names=names, query=query, timeout=timeout, reboot=reboot,
-                           ignore_shared=ignore_shared)
-    return result
+    return list(await asyncio.gather(*(gather(e, options) for e in selected)))

@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
 """QMP and guest agent (QGA) sessions on qemu.qmp.
 
-Sockets are connected here, with a timeout and errors that name the VM, and
-then handed to qemu.qmp. For the guest agent we first resynchronise the
+Sockets are connected (_socket) and then handed to qemu.qmp. For the guest agent we first resynchronise the
 stream ourselves with guest-sync-delimited, because a previous client may
 have left a half-written command or unread answers behind.
 """
@@ -14,16 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import socket
-import stat
-import struct
-import time
 import traceback
-from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
     ConnectionFailedError,
     MissingDependencyError,
@@ -31,10 +29,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import (
     SocketMissingError,
     SocketPermissionError,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._socket import connect_unix, peer_pid, resume_hint
 
 try:
     from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
-    from qemu.qmp.events import EventListener
 
     QEMU_QMP_IMPORT_ERROR: Optional[str] = None
 except ImportError:
@@ -43,8 +41,8 @@ except ImportError:
 # The guest agent prefixes its answer to guest-sync-delimited with this byte,
 # and a client sends it first so the agent drops any half-parsed input.
 AGENT_DELIMITER = b"\xff"
-# How often a connect is tried again while the server's listen queue is full.
-CONNECT_POLL_SECONDS = 0.05
+# Seconds to wait for a socket to answer; timeout options bound the work itself.
+CONNECT_TIMEOUT = 10.0
 
 
 def require_qemu_qmp() -> None:
@@ -55,113 +53,6 @@ def require_qemu_qmp() -> None:
             hint="install it on the hypervisor (pip install qemu.qmp), or let the kernel_update role do it "
             "with kernel_update_install_deps=true",
         )
-
-
-def peer_pid(sock: socket.socket) -> Optional[int]:
-    """The pid of the process at the other end of a connected unix socket."""
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    pid = struct.unpack("3i", creds)[0]
-    return pid or None
-
-
-async def connect_unix(path: str, *, vm: str, what: str, timeout: float) -> socket.socket:
-    """Connect to a unix socket, turning every failure into an error naming the VM."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise SocketMissingError(
-            f"{what} socket {path} does not exist", vm,
-            hint="check that the VM runs and was started with this socket, or give its path explicitly",
-        ) from None
-    except PermissionError:
-        raise SocketPermissionError(
-            f"permission denied reading {what} socket {path}", vm,
-            hint="run as root (become: true) or as the user that owns the VM",
-        ) from None
-    if not stat.S_ISSOCK(mode):
-        raise SocketMissingError(f"{what} socket {path} is not a unix socket", vm, hint="give the path of the socket itself")
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await _connect_until(sock, path, timeout)
-    except PermissionError:
-        sock.close()
-        raise SocketPermissionError(
-            f"permission denied connecting to {what} socket {path}", vm,
-            hint="run as root (become: true) or as the user that owns the socket",
-        ) from None
-    except ConnectionRefusedError:
-        sock.close()
-        raise ConnectionFailedError(
-            f"nothing listens on {what} socket {path}", vm,
-            hint="QEMU has exited and left a stale socket; if the VM was saved, restore it with cpr_restore",
-        ) from None
-    except asyncio.TimeoutError:
-        sock.close()
-        raise NotAnsweringError(
-            f"connecting to {what} socket {path} timed out after {timeout:g} s: its QEMU accepts no new connection "
-            "(stopped with SIGSTOP, hung, or other clients of this socket are queued)", vm,
-            hint=resume_hint(socket_owners(path), "the other clients of this socket"),
-        ) from None
-    except OSError as exc:
-        sock.close()
-        raise ConnectionFailedError(f"connecting to {what} socket {path} failed: {exc.strerror or exc}", vm) from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _connect_until(sock: socket.socket, path: str, timeout: float) -> None:
-    """Connect a non-blocking unix socket, waiting up to timeout while the listener's queue is full.
-
-    A unix socket's connect never stays in progress: it succeeds at once or, when the server accepts nothing
-    (a stopped QEMU with clients queued before us), fails with EAGAIN. asyncio's sock_connect mistakes that for a
-    connection in progress and hands back an unconnected socket, so we poll ourselves.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            sock.connect(path)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise asyncio.TimeoutError() from None
-            await asyncio.sleep(CONNECT_POLL_SECONDS)
-
-
-def socket_owners(path: str) -> List[int]:
-    """The pids of the processes that listen on a unix socket path (read from /proc; for error messages).
-
-    More than one when a process still holds a socket whose file was replaced.
-    """
-    try:
-        with open("/proc/net/unix", encoding="utf-8", errors="replace") as handle:
-            rows = [line.split() for line in handle.read().splitlines()[1:]]
-    except OSError:
-        return []
-    # Columns: Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 marks a listening socket.
-    targets = {f"socket:[{row[6]}]" for row in rows if len(row) >= 8 and row[7] == path and int(row[3], 16) & 0x10000}
-    owners = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")) if targets else ():
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
-                        owners.add(int(pid))
-    return sorted(owners)
-
-
-def resume_hint(pids: Sequence[Optional[int]], other_client: str) -> str:
-    """What to do about a QEMU that does not answer: resume it if it was stopped, else free its socket or wait longer."""
-    known = [str(pid) for pid in pids if pid]
-    target = known[0] if len(known) == 1 else f"<pid of its QEMU: one of {', '.join(known)}>" if known else "<pid of its QEMU>"
-    return (f"if its QEMU was stopped (SIGSTOP), resume it: kill -CONT {target}; otherwise close {other_client}, "
-            "or raise timeout if QEMU is only slow")
 
 
 class _Session:
@@ -195,12 +86,6 @@ class _Session:
 
     def hang_hint(self) -> str:
         return "QEMU may be stopped (SIGSTOP) or hung: " + resume_hint([self.pid], "any other client of its monitor")
-
-    @contextlib.contextmanager
-    def listen(self, *names: str) -> Iterator["EventListener"]:
-        """Collect the named events while the block runs."""
-        with self.client.listener(names) as listener:
-            yield listener
 
 
 class QmpSession(_Session):

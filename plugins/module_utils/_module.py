@@ -1,7 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one place the engine meets AnsibleModule: shared options and error reporting."""
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
+"""The one place the engine meets AnsibleModule: shared options, their conversion, and error reporting.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from typing import Any, Callable, Dict, Optional
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+
+DEFAULT_STATE_DIR = "/var/lib/qemu-cpr"
 
 # Matches doc fragment hypervisor.cpr.vm_selection.
-VM_SELECTION_SPEC: Dict[str, Any] = dict(
+SELECTION_SPEC: Dict[str, Any] = dict(
     vms=dict(
         type="list",
         elements="dict",
@@ -27,6 +34,14 @@ VM_SELECTION_SPEC: Dict[str, Any] = dict(
     query=dict(type="str"),
     timeout=dict(type="float", default=10.0),
 )
+
+STATE_DIR_SPEC: Dict[str, Any] = dict(state_dir=dict(type="path", default=DEFAULT_STATE_DIR))
+
+
+def selection(module: AnsibleModule) -> Selection:
+    """The VMs a module's options select."""
+    params = module.params
+    return Selection(vms=params["vms"], names=params["names"], query=params["query"])
 
 
 def auto_or_bool(module: AnsibleModule, option: str) -> Optional[bool]:

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
 """Find the QEMU processes of a host and their sockets.
 
 Everything is read from ``/proc/<pid>/cmdline``: the VM name (``-name``), the
@@ -15,9 +18,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils.errors import SelectionError
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 
@@ -93,7 +95,7 @@ def _opt_text(value: Any) -> str:
     return str(value)
 
 
-def iter_options(argv: List[str]) -> Iterable[tuple]:
+def iter_options(argv: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
     """Yield (option, value) pairs of a QEMU argv; flags yield a None value."""
     index = 1
     while index < len(argv):
@@ -237,31 +239,3 @@ def explicit_endpoints(vms: Iterable[Dict[str, Any]], proc: str = "/proc") -> Li
             source="explicit",
         ))
     return endpoints
-
-
-def select_by_name(endpoints: List[VmEndpoint], names: Optional[Iterable[str]]) -> List[VmEndpoint]:
-    """Keep the named VMs; an unknown name is an error, raised before anything is touched."""
-    if not names:
-        return endpoints
-    wanted = list(dict.fromkeys(names))
-    by_name = {e.name: e for e in endpoints}
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown:
-        known = ", ".join(sorted(by_name)) or "none"
-        raise SelectionError(
-            f"no running VM is named {', '.join(unknown)} (VMs found: {known})",
-            hint="check the names, or list the VM explicitly with its qmp_socket if its argv has no -name",
-        )
-    return [by_name[n] for n in wanted]
-
-
-def check_unique_names(endpoints: List[VmEndpoint]) -> None:
-    """Two VMs with one name would share a manifest: refuse."""
-    seen: Dict[str, VmEndpoint] = {}
-    for endpoint in endpoints:
-        if endpoint.name in seen:
-            raise SelectionError(
-                f"two VMs are named {endpoint.name} (QMP sockets {seen[endpoint.name].qmp_socket} and {endpoint.qmp_socket})",
-                hint="give every VM a unique -name, or list them explicitly with distinct names",
-            )
-        seen[endpoint.name] = endpoint

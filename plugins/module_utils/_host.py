@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
 """What a hypervisor runs and has installed: its kernel, boot id, the kernels in /boot, kexec and systemd."""
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
 """Where a VM's RAM lives, and whether it survives a QEMU restart or a reboot.
 
 RAM can stay in place across cpr-reboot only when it is shared and backed by
@@ -16,7 +19,7 @@ import os
 import re
 import stat
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 VOLATILE_FILESYSTEMS = frozenset(("tmpfs", "ramfs", "hugetlbfs", "devtmpfs"))
 # Block devices whose contents live in RAM.
@@ -148,22 +151,34 @@ def filesystem_of(path: str, st_dev: int, pid: Optional[int]) -> Tuple[Optional[
     """The filesystem a file or directory is on: (type, dax, survives a reboot, note)."""
     mount = mount_of(path, st_dev, read_mountinfo(pid))
     fstype = mount.fstype if mount else None
-    dax = bool(mount) and any(o == "dax" or (o.startswith("dax=") and o != "dax=never") for o in mount.options)
+    dax = mount is not None and any(o == "dax" or (o.startswith("dax=") and o != "dax=never") for o in mount.options)
     if mount and fstype in VOLATILE_FILESYSTEMS:
         return fstype, dax, False, f"{path} is on {fstype} ({mount.mount_point}), which lives in RAM"
     where = f"{fstype} ({mount.mount_point})" if mount else "an unknown filesystem"
     return fstype, dax, True, f"{path} is on {where}, which survives a reboot"
 
 
-def classify(backend_id: str, qom_type: str, size: int, share: bool, mem_path: Optional[str],
-             discard_data: bool, pid: Optional[int]) -> MemoryBackend:
-    """Build the facts of one memory backend."""
-    if qom_type in ANONYMOUS_BACKENDS or not mem_path:
-        note = f"{qom_type} is anonymous memory: it dies with the QEMU process"
-        return MemoryBackend(backend_id, qom_type, size, share, None, "anonymous", None, False, False, False, note)
-    kind, fstype, dax, persistent, note = locate(mem_path, pid)
+class QemuBackend(NamedTuple):
+    """A memory backend as QEMU describes it (query-memdev and QOM)."""
+
+    id: str
+    type: str
+    size: int
+    share: bool
+    mem_path: Optional[str]
+    discard_data: bool
+
+
+def classify(backend: QemuBackend, pid: Optional[int]) -> MemoryBackend:
+    """Build the facts of one memory backend of the QEMU with this pid."""
+    if backend.type in ANONYMOUS_BACKENDS or not backend.mem_path:
+        note = f"{backend.type} is anonymous memory: it dies with the QEMU process"
+        return MemoryBackend(backend.id, backend.type, backend.size, backend.share, None, "anonymous", None, False,
+                             False, False, note)
+    kind, fstype, dax, persistent, note = locate(backend.mem_path, pid)
     mappable = kind in ("file", "block-device", "dax-device")
-    if mappable and discard_data:
+    if mappable and backend.discard_data:
         mappable = False
         note += "; discard-data=on makes QEMU drop the contents when it exits"
-    return MemoryBackend(backend_id, qom_type, size, share, mem_path, kind, fstype, dax, mappable, persistent, note)
+    return MemoryBackend(backend.id, backend.type, backend.size, backend.share, backend.mem_path, kind, fstype, dax,
+                         mappable, persistent, note)

@@ -1,0 +1,129 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
+"""The records a state directory holds: a saved VM's manifest and a shut-down VM's stop record.
+
+A manifest is written (as ``<vm>.saving``) before QEMU is told to stop, becomes
+``<vm>.json`` once the state file is complete, and is removed only once the new
+QEMU has the VM back in its old runstate. A run that dies anywhere can
+therefore be finished from the manifests. A stop record says how to start a VM
+again whose guest was shut down (vm_power) or whose QEMU died during a save.
+_state_dir.StateDir reads and writes them; this file only says what they hold.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, ManifestError
+
+FORMAT_VERSION = 1
+# A VM name becomes a file name: keep it to characters that are safe there.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+# How a VM recorded for a fresh start went down, when it was not vm_power that shut it down.
+HOW_QEMU_DIED = "qemu-died-during-save"
+
+
+@dataclass
+class Manifest:
+    """Everything needed to bring one VM back after its QEMU is gone."""
+
+    name: str
+    argv: List[str]
+    cwd: str
+    qmp_socket: str
+    qga_socket: Optional[str]
+    machine_type: str
+    qemu_version: str
+    runstate_before: str
+    suspended_by_us: bool
+    agent_answered: bool
+    ram_in_place: bool
+    memory_backends: List[Dict[str, Any]]
+    capabilities: Dict[str, bool]
+    parameters: Dict[str, Any]
+    state_file: str
+    reboot: str
+    paused_at: float
+    boot_id: str
+    kernel: str
+    state_bytes: int = 0
+    state_sha256: str = ""
+    saved_at: float = 0.0
+    # Seconds from QEMU's migrate command to the state file synced and checksummed.
+    save_seconds: float = 0.0
+    format: int = FORMAT_VERSION
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runstate_after(self) -> str:
+        """The runstate a restore brings the VM back to: a guest the save suspended is woken."""
+        return "running" if self.suspended_by_us else self.runstate_before
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary(self, current_boot_id: str) -> Dict[str, Any]:
+        """What vm_status reports of a VM saved and not yet restored."""
+        keys = ("name", "runstate_before", "suspended_by_us", "agent_answered", "ram_in_place", "state_bytes",
+                "paused_at", "saved_at", "save_seconds", "reboot", "kernel", "boot_id")
+        return dict({key: getattr(self, key) for key in keys}, saved_this_boot=self.boot_id == current_boot_id)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], path: str) -> "Manifest":
+        known = {f.name for f in fields(cls)}
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if data.get("format") != FORMAT_VERSION or missing:
+            raise ManifestError(
+                f"manifest {path} has format {data.get('format')!r}"
+                + (f" and lacks {', '.join(missing)}" if missing else ""),
+                data.get("name"),
+                hint=f"it was not written by this version of hypervisor.cpr (format {FORMAT_VERSION}); "
+                "restore the VM with the version that saved it",
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class StopRecord:
+    """What starting a shut-down VM again needs."""
+
+    name: str
+    argv: List[str]
+    cwd: str
+    qmp_socket: str
+    qga_socket: Optional[str]
+    agent_answered: bool
+    how: str
+    stopped_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> Dict[str, Any]:
+        """What vm_status reports of a VM shut down and not yet started."""
+        return {"name": self.name, "how": self.how, "stopped_at": self.stopped_at, "agent_answered": self.agent_answered}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], path: str) -> "StopRecord":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ManifestError(f"the record {path} of a shut-down VM cannot be read: {exc}", data.get("name"),
+                                hint="start the VM by hand with the command line it had, then remove the record") from None
+
+
+def check_name(name: str) -> None:
+    """A VM name must be usable as a file name in the state directory."""
+    if not _SAFE_NAME.match(name):
+        raise CprError(
+            f"the VM name {name!r} cannot name a state file", name,
+            hint="use letters, digits, dot, dash, underscore or plus, starting with a letter or digit",
+        )
