@@ -259,12 +259,13 @@ def _losses(fleet_, before, hosts):
     """
     restorable, files_lost = set(), 0
     for host in hosts:
-        for manifest in StateDir(fleet_.state_dir(host)).manifests():
-            try:
-                StateDir.verify_state(manifest)
-                restorable.add(manifest.name)
-            except CprError:
-                files_lost += 1
+        with StateDir.open(fleet_.state_dir(host)) as directory:
+            for manifest in directory.manifests():
+                try:
+                    directory.verify_state(manifest)
+                    restorable.add(manifest.name)
+                except CprError:
+                    files_lost += 1
     vms_lost = 0
     for host in hosts:
         for vm in fleet_.host_vms(host):

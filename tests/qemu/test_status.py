@@ -36,7 +36,8 @@ def test_a_state_directory_lists_what_it_holds(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["held", "free"])
     state_dir = os.path.join(vm_dir, "state")
     assert status(Selection(names=["held"]), FactsOptions(timeout=5), state_dir) == {
-        "changed": False, "saved": [], "stopped": [], "vms": status(Selection(names=["held"]), FactsOptions(timeout=5))["vms"]}
+        "changed": False, "saved": [], "stopped": [], "warnings": [],
+        "vms": status(Selection(names=["held"]), FactsOptions(timeout=5))["vms"]}
     saved = save(Selection(names=["held"]), state_dir, SaveOptions(reboot="none", timeout=60))["vms"][0]
 
     # The saved VM is no longer running and not an unknown name: it is listed as saved.
