@@ -352,6 +352,10 @@ def cmd_down(workdir: Path, names: list[str] | None = None) -> list[int]:
         for path in (p["qmp"], p["qga"], p["record"], mem_path(workdir, rec["name"], rec["ram"])):
             if path is not None:
                 path.unlink(missing_ok=True)
+    # Gone, not just signalled: a guest of the same name may be started next.
+    wait_for("the killed guests to exit", lambda: not any(Path(f"/proc/{pid}/cmdline").exists() and
+                                                         Path(f"/proc/{pid}/cmdline").read_bytes()
+                                                         for pid in killed), 30, interval=0.05)
     return killed
 
 

@@ -5,7 +5,10 @@
 #
 # With no scenario it runs kexec-ci (one L1 host, what CI runs). Each scenario
 # boots its own L1 test hypervisors (TCG VMs) under /tmp/kexec-molecule-<scenario>
-# and destroys them at the end, also on failure. Needs root and
+# and destroys them at the end, also on failure. With KEXEC_LAB_DIR naming a lab that
+# tests/kexec/lab.py already booted, the scenarios use its hosts instead (reset, put on
+# the old kernel and given their own L2 guests by lab.py guests), and KEXEC_LAB_KEEP=1
+# leaves them running at the end, for whoever booted them (scripts/test.sh). Needs root and
 # scripts/install-host-deps.sh (QEMU 10, kexec-tools, the .venv with molecule).
 # Prints the time each scenario took.
 set -euo pipefail
