@@ -1,6 +1,5 @@
 """Shared fixtures: the collection on sys.path, hand-started QEMUs, test-bed VMs, and the fault campaign's table."""
 
-import json
 import os
 import shutil
 import signal
@@ -9,6 +8,7 @@ import sys
 import tempfile
 import time
 
+import fault_table
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,36 +88,39 @@ def vm_dir():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-# The fault campaign: one row per injected fault, from tests/faults (the engine) and tests/integration (the role
-# and the rolling playbook), printed as one table at the end of the run and written to tests/output/faults.json.
+# The fault campaign: one row per injected fault, from tests/faults (the engine), tests/integration (the role and
+# the rolling playbook) and tests/kexec (the kexec lab), printed as one table at the end of the run and written to
+# tests/output/faults.json (tests/fault_table.py). A row travels with its test's report, so that it reaches the
+# process that prints the table also when pytest-xdist runs the test in a worker.
 CAMPAIGN_ROWS = []
-CAMPAIGN_COLUMNS = ("fault", "injected at", "outcome", "VMs lost", "state files lost", "re-run finished")
 
 
 @pytest.fixture
-def campaign():
+def campaign(request):
     """record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished) adds a row.
 
     rerun_finished: True when a real re-run finished the job, False when it could not, None when no re-run is
     possible here (say why in the outcome).
     """
 
-    def record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished):
-        rerun = {True: "yes", False: "no", None: "n/a"}[rerun_finished]
-        CAMPAIGN_ROWS.append(dict(zip(CAMPAIGN_COLUMNS, (fault, injected_at, outcome, vms_lost, files_lost, rerun))))
+    def record(*fields):
+        request.node.user_properties.append(("fault_campaign_row", fault_table.row(*fields)))
 
     return record
 
 
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        CAMPAIGN_ROWS.extend((report.location[:2], value) for key, value in report.user_properties
+                             if key == "fault_campaign_row")
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not CAMPAIGN_ROWS:
+    if not CAMPAIGN_ROWS or hasattr(terminalreporter.config, "workerinput"):
         return
-    header = dict(zip(CAMPAIGN_COLUMNS, CAMPAIGN_COLUMNS))
-    widths = [max(len(str(row[c])) for row in CAMPAIGN_ROWS + [header]) for c in CAMPAIGN_COLUMNS]
+    # In file order, as a run without workers has them (a test's own rows in the order it recorded them).
+    rows = [value for _place, value in sorted(CAMPAIGN_ROWS, key=lambda entry: entry[0])]
     terminalreporter.section("fault campaign")
-    for row in [header] + CAMPAIGN_ROWS:
-        terminalreporter.write_line(" | ".join(str(row[c]).ljust(w) for c, w in zip(CAMPAIGN_COLUMNS, widths)))
-    output = os.path.join(REPO_ROOT, "tests", "output", "faults.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        json.dump(CAMPAIGN_ROWS, handle, indent=2)
+    for line in fault_table.lines(rows):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"written to {fault_table.write(rows)}")
