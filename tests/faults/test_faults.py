@@ -122,10 +122,10 @@ def test_guest_agent_hangs_before_suspend(vm_dir, campaign):
     # A paused bystander: saved, then brought back paused when the other VM fails.
     vms[1].qmp("stop")
     state_dir = os.path.join(vm_dir, "state")
-    # Freeze the agent for 20 s from inside the guest; it thaws by itself.
-    vms[0].guest_exec(["sh", "-c", "(sleep 2; killall -STOP qemu-ga; sleep 20; killall -CONT qemu-ga) "
+    # Freeze the agent for 20 s from inside the guest (once this guest-exec has returned); it thaws by itself.
+    vms[0].guest_exec(["sh", "-c", "(sleep 0.2; killall -STOP qemu-ga; sleep 20; killall -CONT qemu-ga) "
                        ">/dev/null 2>&1 &"])
-    time.sleep(3)
+    wait_until(lambda: not vms[0].agent_answers(), 30)
     with pytest.raises(CprError) as failure:
         cpr.save(names=["agenthang", "bystander"], state_dir=state_dir, reboot="none", suspend="all", timeout=5)
     message = str(failure.value)
@@ -154,7 +154,7 @@ def wait_until(condition, timeout):
             pass  # the agent may drop the connection while it recovers
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _replace_pm_suspend(vm, script):
@@ -163,10 +163,11 @@ def _replace_pm_suspend(vm, script):
 
 def _restart_agent(vm, config):
     """Restart the guest agent with this /etc/qemu/qemu-ga.conf (the guest's init restarts it)."""
+    exits = vm.agent_exits()
     vm.guest_exec(["sh", "-c", f"mkdir -p /etc/qemu && printf '{config}' > /etc/qemu/qemu-ga.conf && "
-                   "(sleep 1; killall qemu-ga) >/dev/null 2>&1 &"])
-    time.sleep(2)
-    wait_until(lambda: vm.agent("guest-ping") == {}, 60)
+                   "(sleep 0.2; killall qemu-ga) >/dev/null 2>&1 &"])
+    wait_until(lambda: vm.agent_exits() > exits, 60)
+    wait_until(vm.agent_answers, 60)
 
 
 def test_guest_refuses_to_suspend(vm_dir, campaign):

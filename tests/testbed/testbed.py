@@ -301,6 +301,17 @@ class TestVM:
         """
         return asyncio.run(_call(self.qga_socket, True, cmd, _args(arguments, kwargs)))
 
+    def agent_answers(self, timeout: float = 0.5) -> bool:
+        """Whether the guest agent answers a guest-ping within timeout (False: stopped, gone, or not yet up)."""
+        try:
+            return asyncio.run(_call(self.qga_socket, True, "guest-ping", {}, timeout)) == {}
+        except (QMPError, OSError, TestbedError):
+            return False
+
+    def agent_exits(self) -> int:
+        """How often qemu-ga exited in this guest: its init says so on the serial console, and starts it again."""
+        return self.serial_log.read_text(errors="replace").count("init: qemu-ga exited")
+
     def guest_exec(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
         """Run argv in the guest (no shell) and return its stdout."""
         return asyncio.run(_guest_exec(self.qga_socket, list(argv), timeout, self.name))
