@@ -88,6 +88,53 @@ def vm_dir():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+class VmPool:
+    """Test-bed VMs that the tests of a module share, each booted once (see the vm_pool fixture)."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.vms = {}
+
+    def get(self, name, **boot):
+        """The VM of this name running, with its agent answering: as the last test left it, else booted anew."""
+        import testbed  # pylint: disable=import-outside-toplevel
+
+        vm, booted_with = self.vms.get(name, (None, None))
+        if vm is not None and (booted_with != boot or not self._healthy(vm)):
+            vm.kill()
+            vm = None
+        if vm is None:
+            [vm] = testbed.boot_vms(self.workdir, names=[name], **boot)
+            self.vms[name] = (vm, boot)
+        return vm
+
+    @staticmethod
+    def _healthy(vm):
+        from qemu.qmp import QMPError  # pylint: disable=import-outside-toplevel
+        import testbed  # pylint: disable=import-outside-toplevel
+
+        try:
+            return vm.refresh_pid() is not None and vm.runstate() == "running" and vm.agent_answers(5)
+        except (testbed.TestbedError, QMPError, OSError):
+            return False
+
+
+@pytest.fixture(scope="module")
+def vm_pool():
+    """VMs shared by the tests of a module where a test needs a running guest, not a fresh boot.
+
+    Each test puts back what it changed (a saved VM restored, a paused one continued); a VM that a failed test
+    left otherwise is booted again for the next one.
+    """
+    import testbed  # pylint: disable=import-outside-toplevel
+
+    workdir = tempfile.mkdtemp(prefix="hcpr-pool-", dir=tempfile.gettempdir())
+    os.chmod(workdir, 0o700)
+    yield VmPool(workdir)
+    testbed.kill_all(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 # The fault campaign: one row per injected fault, from tests/faults (the engine), tests/integration (the role and
 # the rolling playbook) and tests/kexec (the kexec lab), printed as one table at the end of the run and written to
 # tests/output/faults.json (tests/fault_table.py). A row travels with its test's report, so that it reaches the

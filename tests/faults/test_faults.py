@@ -349,8 +349,9 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "missing", "manifest mismatch"])
-def test_damaged_state_file_is_refused_and_kept(vm_dir, campaign, damage):
-    vms = testbed.boot_vms(vm_dir, names=["damaged"])
+def test_damaged_state_file_is_refused_and_kept(vm_dir, vm_pool, campaign, damage):
+    # One VM for the four kinds of damage: each test restores it from the good files.
+    vms = [vm_pool.get("damaged")]
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
     cpr.save(names=["damaged"], state_dir=state_dir, reboot="none", timeout=60)
