@@ -56,7 +56,8 @@ def saved_files(state_dir):
 
 
 def in_background(target, *args):
-    thread = threading.Thread(target=target, args=args)
+    """Run a fault injector beside the call it injects into; it acts as soon as its event comes, whatever the load."""
+    thread = threading.Thread(target=testbed.in_realtime, args=(target, *args))
     thread.start()
     return thread
 
