@@ -361,10 +361,14 @@ def cmd_down(workdir: Path, names: list[str] | None = None) -> list[int]:
             if path is not None:
                 path.unlink(missing_ok=True)
     # Gone, not just signalled: a guest of the same name may be started next.
-    wait_for("the killed guests to exit", lambda: not any(Path(f"/proc/{pid}/cmdline").exists() and
-                                                         Path(f"/proc/{pid}/cmdline").read_bytes()
-                                                         for pid in killed), 30, interval=0.05)
+    wait_for("the killed guests to exit", lambda: not any(running(pid) for pid in killed), 30, interval=0.05)
     return killed
+
+
+def running(pid: int) -> bool:
+    """Whether a process has not exited yet (a zombie has an empty command line)."""
+    path = Path(f"/proc/{pid}/cmdline")
+    return path.exists() and bool(path.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:
