@@ -8,12 +8,13 @@ import sys
 import tempfile
 import time
 
-import fault_table
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(REPO_ROOT, ".cache", "collections")
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "testbed"))
+# fault_table.py, beside this file: not on the path when ansible-test units loads this conftest.
+sys.path.append(os.path.join(REPO_ROOT, "tests"))
 
 
 def _link_collection() -> None:
@@ -150,6 +151,8 @@ def campaign(request):
     possible here (say why in the outcome).
     """
 
+    import fault_table  # pylint: disable=import-outside-toplevel
+
     def record(*fields):
         request.node.user_properties.append(("fault_campaign_row", fault_table.row(*fields)))
 
@@ -165,6 +168,8 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not CAMPAIGN_ROWS or hasattr(terminalreporter.config, "workerinput"):
         return
+    import fault_table  # pylint: disable=import-outside-toplevel
+
     # In file order, as a run without workers has them (a test's own rows in the order it recorded them).
     rows = [value for _place, value in sorted(CAMPAIGN_ROWS, key=lambda entry: entry[0])]
     terminalreporter.section("fault campaign")
