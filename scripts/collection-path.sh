@@ -12,26 +12,6 @@
 # The link is relative, so it survives moving the checkout. Safe to run again.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-galaxy_field() {
-    awk -v key="$1:" '$1 == key {gsub(/["\047]/, "", $2); print $2; exit}' "$REPO_ROOT/galaxy.yml"
-}
-namespace=$(galaxy_field namespace)
-name=$(galaxy_field name)
-if [ -z "$namespace" ] || [ -z "$name" ]; then
-    echo "collection-path.sh: no namespace or name in $REPO_ROOT/galaxy.yml" >&2
-    exit 1
-fi
-
-collections=$REPO_ROOT/.cache/collections
-link=$collections/ansible_collections/$namespace/$name
-if [ -e "$link" ] && [ ! -L "$link" ]; then
-    echo "collection-path.sh: $link exists and is not a symbolic link; remove it" >&2
-    exit 1
-fi
-if [ "$(readlink "$link" 2>/dev/null)" != ../../../.. ]; then
-    mkdir -p "$(dirname "$link")"
-    ln -sfn ../../../.. "$link"
-fi
-echo "$collections"
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+collections_path

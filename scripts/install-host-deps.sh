@@ -5,14 +5,11 @@
 # with ansible-core, qemu.qmp and jmespath. Safe to run again.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 PYTHON=${PYTHON:-python3}
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install-host-deps.sh: run as root (apt-get and /dev/kvm access)" >&2
-    exit 1
-fi
+[ "$(id -u)" -eq 0 ] || die "run as root (apt-get and /dev/kvm access)"
 
 . /etc/os-release
 export DEBIAN_FRONTEND=noninteractive
@@ -47,15 +44,11 @@ apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd p
 
 # "QEMU emulator version 10.0.2 (Debian ...)": cpr-reboot needs 8.2, VFIO guests and the test bed 9.0.
 qemu_version=$(qemu-system-x86_64 --version | sed -nE '1s/.*version ([0-9]+\.[0-9]+(\.[0-9]+)?).*/\1/p')
-if [ -z "$qemu_version" ]; then
-    echo "install-host-deps.sh: cannot read the QEMU version from: $(qemu-system-x86_64 --version | head -n 1)" >&2
-    exit 1
-fi
+[ -n "$qemu_version" ] || die "cannot read the QEMU version from: $(qemu-system-x86_64 --version | head -n 1)"
 if [ "${qemu_version%%.*}" -lt 9 ]; then
-    echo "install-host-deps.sh: QEMU ${qemu_version} is installed, and hypervisor.cpr needs 9.0 or newer" \
+    die "QEMU ${qemu_version} is installed, and hypervisor.cpr needs 9.0 or newer" \
         "(8.2 for cpr-reboot, 9.0 for VFIO guests). Install QEMU from bookworm-backports on Debian 12" \
-        "(apt-get install -t bookworm-backports qemu-system-x86 qemu-utils) or use Debian 13" >&2
-    exit 1
+        "(apt-get install -t bookworm-backports qemu-system-x86 qemu-utils) or use Debian 13"
 fi
 echo "QEMU ${qemu_version}"
 

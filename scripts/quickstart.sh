@@ -6,8 +6,8 @@
 # Run as root on Debian 12 or 13. The VMs are stopped again at the end.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 WORKDIR=${HYPERVISOR_CPR_DEMO_DIR:-/var/tmp/hypervisor-cpr-demo}
 cd "$REPO_ROOT"
 
@@ -15,7 +15,7 @@ scripts/install-host-deps.sh
 tests/testbed/build-guest.sh >/dev/null
 
 export ANSIBLE_COLLECTIONS_PATH
-ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
+ANSIBLE_COLLECTIONS_PATH=$(collections_path)
 export PATH=$VENV/bin:$PATH ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_INVENTORY_UNPARSED_WARNING=false
 
 testbed() { "$VENV/bin/python" tests/testbed/testbed.py "$@"; }

@@ -13,15 +13,10 @@
 # Environment: HYPERVISOR_CPR_VENV (default: <repo>/.venv), HOME.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
+need_venv python
 PYTHON=$VENV/bin/python
-
-if [ ! -x "$PYTHON" ]; then
-    echo "bootstrap-ansible-test.sh: no Python at $PYTHON; run scripts/install-host-deps.sh" \
-        "or set HYPERVISOR_CPR_VENV" >&2
-    exit 1
-fi
 
 # The pip version this ansible-test bootstraps into its virtual environments
 # (ansible_test/_internal/python_requirements.py, get_venv_packages()).
@@ -31,10 +26,7 @@ from ansible_test._internal.python_requirements import get_venv_packages
 print(get_venv_packages(types.SimpleNamespace(version='3'))['pip'])
 EOF
 )
-if ! [[ $pip_version =~ ^[0-9][0-9.]*$ ]]; then
-    echo "bootstrap-ansible-test.sh: unexpected pip version from ansible-test: '$pip_version'" >&2
-    exit 1
-fi
+[[ $pip_version =~ ^[0-9][0-9.]*$ ]] || die "unexpected pip version from ansible-test: '$pip_version'"
 
 cache_dir=$HOME/.ansible/test/cache
 wheel_dir=$cache_dir/hypervisor-cpr-wheels

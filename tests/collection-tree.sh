@@ -19,12 +19,10 @@
 # the copy with `git ls-files --others --exclude-standard`, honouring the
 # copied .gitignore.
 #
-# Environment: HYPERVISOR_CPR_VENV (default: <repo>/.venv), for the Python
-# that reads galaxy.yml.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 
 if [ $# -ne 1 ] || [ -z "$1" ]; then
     echo "usage: collection-tree.sh WORK_DIR" >&2
@@ -36,20 +34,7 @@ case $work_dir in
     *) work_dir=$PWD/$work_dir ;;
 esac
 
-read -r namespace name < <("$VENV/bin/python" - "$REPO_ROOT/galaxy.yml" <<'PY'
-import sys
-import yaml
-with open(sys.argv[1]) as f:
-    galaxy = yaml.safe_load(f)
-print(galaxy['namespace'], galaxy['name'])
-PY
-)
-if [ -z "${namespace:-}" ] || [ -z "${name:-}" ]; then
-    echo "collection-tree.sh: no namespace or name in $REPO_ROOT/galaxy.yml" >&2
-    exit 1
-fi
-
-tree=$work_dir/ansible_collections/$namespace/$name
+tree=$work_dir/ansible_collections/$(galaxy_field namespace)/$(galaxy_field name)
 kept=$work_dir/.delegation.kept
 rm -rf "$kept"
 if [ -d "$tree/tests/output/.tmp/delegation" ]; then

@@ -1,6 +1,5 @@
 """Shared fixtures: the collection on sys.path, hand-started QEMUs, test-bed VMs, and the fault campaign's table."""
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,8 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(REPO_ROOT, ".cache", "collections")
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "testbed"))
+# fault_table.py, beside this file: not on the path when ansible-test units loads this conftest.
+sys.path.append(os.path.join(REPO_ROOT, "tests"))
 
 
 def _link_collection() -> None:
@@ -88,36 +89,90 @@ def vm_dir():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-# The fault campaign: one row per injected fault, from tests/faults (the engine) and tests/integration (the role
-# and the rolling playbook), printed as one table at the end of the run and written to tests/output/faults.json.
+class VmPool:
+    """Test-bed VMs that the tests of a module share, each booted once (see the vm_pool fixture)."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.vms = {}
+
+    def get(self, name, **boot):
+        """The VM of this name running, with its agent answering: as the last test left it, else booted anew."""
+        import testbed  # pylint: disable=import-outside-toplevel
+
+        vm, booted_with = self.vms.get(name, (None, None))
+        if vm is not None and (booted_with != boot or not self._healthy(vm)):
+            vm.kill()
+            vm = None
+        if vm is None:
+            [vm] = testbed.boot_vms(self.workdir, names=[name], **boot)
+            self.vms[name] = (vm, boot)
+        return vm
+
+    @staticmethod
+    def _healthy(vm):
+        from qemu.qmp import QMPError  # pylint: disable=import-outside-toplevel
+        import testbed  # pylint: disable=import-outside-toplevel
+
+        try:
+            return vm.refresh_pid() is not None and vm.runstate() == "running" and vm.agent_answers(5)
+        except (testbed.TestbedError, QMPError, OSError):
+            return False
+
+
+@pytest.fixture(scope="module")
+def vm_pool():
+    """VMs shared by the tests of a module where a test needs a running guest, not a fresh boot.
+
+    Each test puts back what it changed (a saved VM restored, a paused one continued); a VM that a failed test
+    left otherwise is booted again for the next one.
+    """
+    import testbed  # pylint: disable=import-outside-toplevel
+
+    workdir = tempfile.mkdtemp(prefix="hcpr-pool-", dir=tempfile.gettempdir())
+    os.chmod(workdir, 0o700)
+    yield VmPool(workdir)
+    testbed.kill_all(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+# The fault campaign: one row per injected fault, from tests/faults (the engine), tests/integration (the role and
+# the rolling playbook) and tests/kexec (the kexec lab), printed as one table at the end of the run and written to
+# tests/output/faults.json (tests/fault_table.py). A row travels with its test's report, so that it reaches the
+# process that prints the table also when pytest-xdist runs the test in a worker.
 CAMPAIGN_ROWS = []
-CAMPAIGN_COLUMNS = ("fault", "injected at", "outcome", "VMs lost", "state files lost", "re-run finished")
 
 
 @pytest.fixture
-def campaign():
+def campaign(request):
     """record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished) adds a row.
 
     rerun_finished: True when a real re-run finished the job, False when it could not, None when no re-run is
     possible here (say why in the outcome).
     """
 
-    def record(fault, injected_at, outcome, vms_lost, files_lost, rerun_finished):
-        rerun = {True: "yes", False: "no", None: "n/a"}[rerun_finished]
-        CAMPAIGN_ROWS.append(dict(zip(CAMPAIGN_COLUMNS, (fault, injected_at, outcome, vms_lost, files_lost, rerun))))
+    import fault_table  # pylint: disable=import-outside-toplevel
+
+    def record(*fields):
+        request.node.user_properties.append(("fault_campaign_row", fault_table.row(*fields)))
 
     return record
 
 
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        CAMPAIGN_ROWS.extend((report.location[:2], value) for key, value in report.user_properties
+                             if key == "fault_campaign_row")
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not CAMPAIGN_ROWS:
+    if not CAMPAIGN_ROWS or hasattr(terminalreporter.config, "workerinput"):
         return
-    header = dict(zip(CAMPAIGN_COLUMNS, CAMPAIGN_COLUMNS))
-    widths = [max(len(str(row[c])) for row in CAMPAIGN_ROWS + [header]) for c in CAMPAIGN_COLUMNS]
+    import fault_table  # pylint: disable=import-outside-toplevel
+
+    # In file order, as a run without workers has them (a test's own rows in the order it recorded them).
+    rows = [value for _place, value in sorted(CAMPAIGN_ROWS, key=lambda entry: entry[0])]
     terminalreporter.section("fault campaign")
-    for row in [header] + CAMPAIGN_ROWS:
-        terminalreporter.write_line(" | ".join(str(row[c]).ljust(w) for c, w in zip(CAMPAIGN_COLUMNS, widths)))
-    output = os.path.join(REPO_ROOT, "tests", "output", "faults.json")
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        json.dump(CAMPAIGN_ROWS, handle, indent=2)
+    for line in fault_table.lines(rows):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"written to {fault_table.write(rows)}")

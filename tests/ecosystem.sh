@@ -41,8 +41,8 @@
 # Exits non-zero when any gate fails.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 OUT=$REPO_ROOT/tests/output/ecosystem
 ALL_GATES=(units docs ansible-doc build importer ee awx)
 
@@ -72,37 +72,19 @@ for gate in "${ALL_GATES[@]}"; do
     fi
 done
 
-tools=(ansible-test ansible-doc ansible-galaxy antsibull-docs ansible-builder bindep ansible-runner pytest)
-missing=()
-for tool in "${tools[@]}"; do
-    [ -x "$VENV/bin/$tool" ] || missing+=("$tool")
-done
-"$VENV/bin/python" -c 'import galaxy_importer' 2>/dev/null || missing+=(galaxy-importer)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "ecosystem.sh: missing in $VENV: ${missing[*]}; run scripts/install-host-deps.sh" \
-        "(tests/requirements.txt) or set HYPERVISOR_CPR_VENV" >&2
-    exit 1
-fi
+need_venv ansible-test ansible-doc ansible-galaxy antsibull-docs ansible-builder bindep ansible-runner pytest
+"$VENV/bin/python" -c 'import galaxy_importer' 2>/dev/null ||
+    die "no galaxy-importer in $VENV; run scripts/install-host-deps.sh (tests/requirements.txt) or set HYPERVISOR_CPR_VENV"
 
 export PATH=$VENV/bin:$PATH
-ANSIBLE_COLLECTIONS_PATH=$("$REPO_ROOT/scripts/collection-path.sh")
+ANSIBLE_COLLECTIONS_PATH=$(collections_path)
 export ANSIBLE_COLLECTIONS_PATH
 export ANSIBLE_NOCOLOR=1 NO_COLOR=1 ANSIBLE_DEPRECATION_WARNINGS=true
-# ansible-test prefers en_US.UTF-8 and warns about C.UTF-8; either works.
-if locale -a 2>/dev/null | grep -qix 'en_US.utf-\?8'; then
-    export LC_ALL=en_US.UTF-8
-else
-    export LC_ALL=C.UTF-8
-fi
+use_utf8_locale
 
-read -r NAMESPACE NAME VERSION < <("$VENV/bin/python" - "$REPO_ROOT/galaxy.yml" <<'PY'
-import sys
-import yaml
-with open(sys.argv[1]) as f:
-    galaxy = yaml.safe_load(f)
-print(galaxy['namespace'], galaxy['name'], galaxy['version'])
-PY
-)
+NAMESPACE=$(galaxy_field namespace)
+NAME=$(galaxy_field name)
+VERSION=$(galaxy_field version)
 FQCN=$NAMESPACE.$NAME
 TARBALL=$OUT/dist/$NAMESPACE-$NAME-$VERSION.tar.gz
 
@@ -115,7 +97,7 @@ cd "$REPO_ROOT"
 
 gate_units() {
     local tree python_version
-    python_version=${ECOSYSTEM_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+    python_version=${ECOSYSTEM_PYTHON:-$(venv_python_version)}
     tests/bootstrap-ansible-test.sh
     tree=$(tests/collection-tree.sh "$REPO_ROOT/tests/output/units")
     rm -rf "$tree/tests/output/junit"

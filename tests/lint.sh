@@ -9,17 +9,11 @@
 # Exits non-zero when either linter finds a problem.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
+need_venv ansible-lint yamllint
 
-for tool in ansible-lint yamllint; do
-    if [ ! -x "$VENV/bin/$tool" ]; then
-        echo "lint.sh: no $tool in $VENV; run scripts/install-host-deps.sh or set HYPERVISOR_CPR_VENV" >&2
-        exit 1
-    fi
-done
-
-ANSIBLE_COLLECTIONS_PATH=$("$REPO_ROOT/scripts/collection-path.sh")
+ANSIBLE_COLLECTIONS_PATH=$(collections_path)
 export ANSIBLE_COLLECTIONS_PATH
 # ansible-lint warns when its own bin directory is not on PATH.
 export PATH=$VENV/bin:$PATH

@@ -27,17 +27,13 @@
 # Exits non-zero when any test fails.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/common.sh"
 WORK_DIR=${SANITY_WORK_DIR:-$REPO_ROOT/tests/output/sanity}
 
-if [ ! -x "$VENV/bin/ansible-test" ]; then
-    echo "sanity.sh: no ansible-test in $VENV; run scripts/install-host-deps.sh" \
-        "or set HYPERVISOR_CPR_VENV" >&2
-    exit 1
-fi
+need_venv ansible-test
 
-python_version=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+python_version=${SANITY_PYTHON:-$(venv_python_version)}
 
 "$REPO_ROOT/tests/bootstrap-ansible-test.sh"
 
@@ -45,12 +41,7 @@ python_version=${SANITY_PYTHON:-$("$VENV/bin/python" -c 'import sys; print("%d.%
 # environment is kept), with an empty git repository of its own.
 tree=$("$REPO_ROOT/tests/collection-tree.sh" "$WORK_DIR")
 
-# ansible-test prefers en_US.UTF-8 and warns about C.UTF-8; either works.
-if locale -a 2>/dev/null | grep -qix 'en_US.utf-\?8'; then
-    export LC_ALL=en_US.UTF-8
-else
-    export LC_ALL=C.UTF-8
-fi
+use_utf8_locale
 
 echo "sanity.sh: ansible-test sanity in $tree (Python $python_version)"
 cd "$tree"

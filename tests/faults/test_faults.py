@@ -63,7 +63,8 @@ def saved_files(state_dir):
 
 
 def in_background(target, *args):
-    thread = threading.Thread(target=target, args=args)
+    """Run a fault injector beside the call it injects into; it acts as soon as its event comes, whatever the load."""
+    thread = threading.Thread(target=testbed.in_realtime, args=(target, *args))
     thread.start()
     return thread
 
@@ -155,10 +156,10 @@ def test_guest_agent_hangs_before_suspend(vm_dir, campaign):
     # A paused bystander: saved, then brought back paused when the other VM fails.
     vms[1].qmp("stop")
     state_dir = os.path.join(vm_dir, "state")
-    # Freeze the agent for 20 s from inside the guest; it thaws by itself.
-    vms[0].guest_exec(["sh", "-c", "(sleep 2; killall -STOP qemu-ga; sleep 20; killall -CONT qemu-ga) "
+    # Freeze the agent for 20 s from inside the guest (once this guest-exec has returned); it thaws by itself.
+    vms[0].guest_exec(["sh", "-c", "(sleep 0.2; killall -STOP qemu-ga; sleep 20; killall -CONT qemu-ga) "
                        ">/dev/null 2>&1 &"])
-    time.sleep(3)
+    wait_until(lambda: not vms[0].agent_answers(), 30)
     with pytest.raises(CprError) as failure:
         save(Selection(names=["agenthang", "bystander"]), state_dir, SaveOptions(reboot="none", timeout=5, suspend="all"))
     message = str(failure.value)
@@ -187,7 +188,7 @@ def wait_until(condition, timeout):
             pass  # the agent may drop the connection while it recovers
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _replace_pm_suspend(vm, script):
@@ -196,10 +197,11 @@ def _replace_pm_suspend(vm, script):
 
 def _restart_agent(vm, config):
     """Restart the guest agent with this /etc/qemu/qemu-ga.conf (the guest's init restarts it)."""
+    exits = vm.agent_exits()
     vm.guest_exec(["sh", "-c", f"mkdir -p /etc/qemu && printf '{config}' > /etc/qemu/qemu-ga.conf && "
-                   "(sleep 1; killall qemu-ga) >/dev/null 2>&1 &"])
-    time.sleep(2)
-    wait_until(lambda: vm.agent("guest-ping") == {}, 60)
+                   "(sleep 0.2; killall qemu-ga) >/dev/null 2>&1 &"])
+    wait_until(lambda: vm.agent_exits() > exits, 60)
+    wait_until(vm.agent_answers, 60)
 
 
 def test_guest_refuses_to_suspend(vm_dir, campaign):
@@ -381,8 +383,9 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "missing", "manifest mismatch"])
-def test_damaged_state_file_is_refused_and_kept(vm_dir, campaign, damage):
-    vms = testbed.boot_vms(vm_dir, names=["damaged"])
+def test_damaged_state_file_is_refused_and_kept(vm_dir, vm_pool, campaign, damage):
+    # One VM for the four kinds of damage: each test restores it from the good files.
+    vms = [vm_pool.get("damaged")]
     snapshot = testbed.memory_snapshot(vms)
     state_dir = os.path.join(vm_dir, "state")
     save(Selection(names=["damaged"]), state_dir, SaveOptions(reboot="none", timeout=60))

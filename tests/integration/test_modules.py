@@ -1,5 +1,6 @@
 """The modules through ansible-playbook, against real test-bed VMs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,9 +26,11 @@ def ansible_playbook(playbook, *extra_vars, check=True):
 
 
 def test_every_module_against_real_vms(vm_dir):
-    vms = testbed.boot_vms(vm_dir, names=["mod-a", "mod-b"])
+    # The modules find VMs by name among every QEMU of the machine: the pid keeps other test runs apart.
+    names = [f"mod-a-{os.getpid()}", f"mod-b-{os.getpid()}"]
+    vms = testbed.boot_vms(vm_dir, names=names)
     before = {vm.name: (vm.marker(), vm.counter()) for vm in vms}
-    ansible_playbook("modules.yml", '{"vm_names": ["mod-a", "mod-b"]}', f"state_dir={vm_dir}/state")
+    ansible_playbook("modules.yml", json.dumps({"vm_names": names}), f"state_dir={vm_dir}/state")
     for vm in vms:
         vm.refresh_pid()
         assert vm.runstate() == "running"

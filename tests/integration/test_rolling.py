@@ -39,8 +39,11 @@ PLAYBOOK = os.path.join(REPO_ROOT, "playbooks", "rolling_kernel_update.yml")
 HOOKS = os.path.join(REPO_ROOT, "tests", "integration", "rolling")
 ANSIBLE_PLAYBOOK = os.path.join(REPO_ROOT, ".venv", "bin", "ansible-playbook")
 # Two VMs on hv1 (saved and restored together), one on each of the others: each
-# TCG guest takes a tenth of a core, and the machine has two.
-HOSTS = {"hv1": ["r1a", "r1b"], "hv2": ["r2a"], "hv3": ["r3a"]}
+# TCG guest takes a tenth of a core, and the machine has two. The role finds VMs by
+# name among every QEMU of the machine, and refuses a name two QEMUs have: the names
+# carry this run's pid, so that test runs of other checkouts at the same time keep apart.
+R1A, R1B, R2A, R3A = (f"{name}-{os.getpid()}" for name in ("r1a", "r1b", "r2a", "r3a"))
+HOSTS = {"hv1": [R1A, R1B], "hv2": [R2A], "hv3": [R3A]}
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 pytestmark = [
@@ -355,7 +358,7 @@ def test_an_interrupted_run_is_finished_by_the_next(fleet, campaign):
     finally:
         _kill_tree(run, spare=fleet.qemu)
     assert not _running_with(f"rolling_test_held_file={held}"), "every process of the killed run is gone"
-    assert fleet.manifests("hv1") == ["r1a.json", "r1b.json"]
+    assert fleet.manifests("hv1") == [f"{R1A}.json", f"{R1B}.json"]
     assert not any(vm.alive() for vm in fleet.host_vms("hv1")), "hv1's VMs were saved and their QEMUs quit"
     vms_lost, files_lost = _losses(fleet, before, HOSTS)
     assert fleet.pids(["hv2", "hv3"]) == {k: v for k, v in old_pids.items() if k in HOSTS["hv2"] + HOSTS["hv3"]}
@@ -364,7 +367,7 @@ def test_an_interrupted_run_is_finished_by_the_next(fleet, campaign):
     code, output, recap = fleet.play()
     assert code != 0, _explain(output)
     assert recap["hv1"]["failed"] == 1 and "locked by run" in output
-    assert fleet.manifests("hv1") == ["r1a.json", "r1b.json"]
+    assert fleet.manifests("hv1") == [f"{R1A}.json", f"{R1B}.json"]
     report = fleet.report()
     assert report["stopped"] and _hosts(report)["hv1"]["status"] == "preflight_failed"
     assert {_hosts(report)[h]["status"] for h in ("hv2", "hv3")} == {"not_started"}
@@ -377,7 +380,7 @@ def test_an_interrupted_run_is_finished_by_the_next(fleet, campaign):
     assert fleet.manifests("hv1") == []
     entry = _hosts(fleet.report())["hv1"]
     assert entry["status"] == "updated"
-    assert sorted(vm["name"] for vm in entry["vms"]) == ["r1a", "r1b"]
+    assert sorted(vm["name"] for vm in entry["vms"]) == [R1A, R1B]
     assert all(vm["saved_by_earlier_run"] for vm in entry["vms"])
     # Their downtime includes the time the run was dead.
     assert min(vm["downtime_seconds"] for vm in entry["vms"]) > 1
@@ -442,14 +445,14 @@ def test_a_run_killed_in_the_middle_of_the_restores_is_finished_by_the_next(flee
         killed_run = fleet.run_id
         try:
             # cpr_restore runs: r1a is back (its manifest removed), r1b's new QEMU is still starting.
-            _wait_for(lambda: os.path.exists(started) and fleet.manifests("hv1") == ["r1b.json"],
+            _wait_for(lambda: os.path.exists(started) and fleet.manifests("hv1") == [f"{R1B}.json"],
                       "r1a was restored while r1b's QEMU starts", run)
             assert _running_with(f"{fleet.workdir}/ansible-remote/", _running_with("AnsiballZ_cpr_restore")), \
                 "cpr_restore runs"
         finally:
             _kill_tree(run, spare=fleet.qemu)
         assert not _running_with(f"{fleet.workdir}/ansible-"), "every process of the killed run is gone"
-        assert r1a.refresh_pid() != old_pids["r1a"] and r1a.runstate() == "running"
+        assert r1a.refresh_pid() != old_pids[R1A] and r1a.runstate() == "running"
         assert r1b.refresh_pid() is None, "r1b's new QEMU has not started yet"
         vms_lost, files_lost = _losses(fleet, before, ["hv1"])
     finally:
@@ -468,7 +471,7 @@ def test_a_run_killed_in_the_middle_of_the_restores_is_finished_by_the_next(flee
     assert not os.path.exists(os.path.join(fleet.state_dir("hv1"), ".hypervisor-cpr.run")), "lock released"
     entry = _hosts(fleet.report())["hv1"]
     assert entry["status"] == "updated", entry
-    assert [vm["name"] for vm in entry["vms"] if vm["saved_by_earlier_run"]] == ["r1b"], entry["vms"]
+    assert [vm["name"] for vm in entry["vms"] if vm["saved_by_earlier_run"]] == [R1B], entry["vms"]
     campaign("ansible-playbook killed (SIGKILL)", "role: in the middle of the restores (1 of 2 VMs back)",
              "the VM back stays; the other's state file, manifest and starting QEMU are kept; a re-run with the "
              "killed run's id loaded its state", vms_lost, files_lost, True)
@@ -624,14 +627,14 @@ def test_kexec_preflight_passes_and_a_kernel_that_cannot_be_loaded_touches_nothi
     assert fleet.manifests("hv3") == []
     entry = _hosts(fleet.report())["hv3"]
     assert entry["status"] == "failed" and entry["phase"] == "prepare" and entry["vms"] == []
-    assert entry["kernel_target"] == "9.9.9-test" and entry["planned_vms"] == ["r3a"]
+    assert entry["kernel_target"] == "9.9.9-test" and entry["planned_vms"] == [R3A]
     assert _losses(fleet, before, ["hv3"]) == (0, 0)
     # The campaign's row, with a re-run that kexecs, comes from the kexec lab (tests/kexec/test_kexec_faults.py).
 
 
 def test_a_vm_that_cannot_be_saved_is_shut_down_and_started_again(fleet):
     """kernel_update_unsupported_vms=shutdown: a clean guest shutdown before the save, a fresh start after it."""
-    vm = fleet.vms["r3a"]
+    vm = fleet.vms[R3A]
     old_marker, old_pid = vm.marker(), vm.refresh_pid()
     # A capability cpr-reboot cannot save with: the VM is not ready, for a real reason QEMU reports.
     # (x-ignore-shared, still on from a restore, excludes it.)
@@ -642,8 +645,8 @@ def test_a_vm_that_cannot_be_saved_is_shut_down_and_started_again(fleet):
     assert code == 0, _explain(output)
     assert recap["hv3"]["failed"] == 0 and recap["hv3"]["changed"] > 0, recap
     entry = _hosts(fleet.report())["hv3"]
-    assert entry["status"] == "updated" and entry["shut_down"] == ["r3a"] and entry["started"] == ["r3a"]
-    assert [left["name"] for left in entry["left_out"]] == ["r3a"] and "postcopy-ram" in " ".join(
+    assert entry["status"] == "updated" and entry["shut_down"] == [R3A] and entry["started"] == [R3A]
+    assert [left["name"] for left in entry["left_out"]] == [R3A] and "postcopy-ram" in " ".join(
         entry["left_out"][0]["reasons"])
     assert entry["vms"] == [] and entry["still_stopped"] == []
     # Started again with the same command line: a new process, a fresh boot (a new marker), its agent answering.

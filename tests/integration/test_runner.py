@@ -46,7 +46,8 @@ BIN = os.path.dirname(sys.executable)
 ANSIBLE_RUNNER = os.path.join(BIN, "ansible-runner")
 PLAYBOOK = os.path.join("playbooks", "rolling_kernel_update.yml")
 HOST = "hv-awx"
-VMS = ["awx-a", "awx-b"]
+# The role finds VMs by name among every QEMU of the machine: the pid keeps runs of other checkouts apart.
+VMS = [f"awx-a-{os.getpid()}", f"awx-b-{os.getpid()}"]
 JOB_ID = 4242
 
 pytestmark = [

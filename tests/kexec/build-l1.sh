@@ -18,9 +18,10 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$HERE/../.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
-CACHE=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}
+# shellcheck source=scripts/lib/common.sh
+. "$HERE/../../scripts/lib/common.sh"
+# shellcheck source=scripts/lib/initramfs.sh
+. "$REPO_ROOT/scripts/lib/initramfs.sh"
 OUTDIR=$(realpath -m "${1:-$CACHE/kexec-l1}")
 OLD=${KEXEC_OLD_KERNEL:-}
 NEW=${KEXEC_NEW_KERNEL:-}
@@ -29,13 +30,8 @@ NEW=${KEXEC_NEW_KERNEL:-}
 # NIC, and legacy persistent memory (memmap=SIZE!OFFSET -> /dev/pmem0).
 MODULES=(virtio_pci virtio_blk virtio_net 9pnet_virtio 9p overlay crc32c_generic ext4 nd_e820 nd_pmem)
 
-die() { echo "build-l1.sh: $*" >&2; exit 1; }
-
 [ "$(id -u)" -eq 0 ] || die "run as root"
-if [ -z "$NEW" ]; then
-    NEW=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {sub("linux-image-", "", $2); print $2; exit}')
-    [ -n "$NEW" ] || die "cannot tell which kernel linux-image-amd64 depends on; set KEXEC_NEW_KERNEL"
-fi
+[ -n "$NEW" ] || NEW=$(default_kernel)
 # Whether apt can download this kernel (it has a candidate version of it).
 downloadable() { apt-cache policy "linux-image-$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" {ok = 1} END {exit !ok}'; }
 if [ -z "$OLD" ]; then
@@ -61,9 +57,9 @@ fi
 
 # The test-bed guest (the Linux L2 guest) is built first: it is part of the image.
 "$REPO_ROOT/tests/testbed/build-guest.sh" >/dev/null || die "tests/testbed/build-guest.sh failed"
-GUEST=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}/guest
-stamp=$( { sha256sum < "${BASH_SOURCE[0]}"; echo "$OLD $NEW"; cat "$GUEST/stamp";
-           cd "$HERE" && find l1 l2 -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
+GUEST=$CACHE/guest
+stamp=$( { inputs_hash "${BASH_SOURCE[0]}" "$HERE/l1" "$HERE/l2"; echo "$OLD $NEW"; cat "$GUEST/stamp"; } |
+           sha256sum | cut -d' ' -f1)
 up_to_date() { [ "$(cat "$OUTDIR/stamp" 2>/dev/null)" = "$stamp" ] && [ -d "$OUTDIR/layer/boot" ]; }
 if up_to_date; then echo "L1 host image up to date in $OUTDIR"; exit 0; fi
 
@@ -72,16 +68,7 @@ exec 9>"$OUTDIR/.lock"
 flock 9
 if up_to_date; then echo "L1 host image up to date in $OUTDIR"; exit 0; fi
 
-export DEBIAN_FRONTEND=noninteractive
-missing=()
-command -v cpio >/dev/null || missing+=(cpio)
-command -v depmod >/dev/null || missing+=(kmod)
-command -v as >/dev/null && command -v ld >/dev/null || missing+=(binutils)
-command -v busybox >/dev/null || missing+=(busybox-static)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+need_build_tools cpio:cpio depmod:kmod modinfo:kmod xz:xz-utils zstd:zstd as:binutils ld:binutils busybox:busybox-static
 BUSYBOX=$(command -v busybox)
 for tool in qemu-system-x86_64 kexec python3 mkfs.ext4 blkid ip; do
     command -v "$tool" >/dev/null || die "this machine lacks $tool, which the L1 hosts run from its root file system"
@@ -91,13 +78,7 @@ work=$(mktemp -d "$OUTDIR/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-fetch() { apt-get download -q "$@" 2>&1 | { grep -v unsandboxed || true; }; }
-pkgs=("linux-image-$OLD" "linux-image-$NEW" openssh-server openssh-sftp-server libwrap0)
-echo "downloading ${pkgs[*]}"
-if ! fetch "${pkgs[@]}"; then
-    apt-get update -qq
-    fetch "${pkgs[@]}" || die "apt-get download ${pkgs[*]} failed"
-fi
+apt_download "linux-image-$OLD" "linux-image-$NEW" openssh-server openssh-sftp-server libwrap0
 
 layer=$work/layer
 # usr/lib and usr/sbin, never lib or sbin: on a merged-/usr root those are
@@ -141,7 +122,7 @@ mkdir -p "$layer/usr/lib/kexec-l1/guest"
 cp "$GUEST"/{vmlinuz,initrd.img,cmdline,versions} "$layer/usr/lib/kexec-l1/guest/"
 
 build_kernel() {
-    local kver=$1 kdir=$work/k-$1 root=$work/initramfs-$1 moddir
+    local kver=$1 kdir=$work/k-$1 root=$work/initramfs-$1 moddir order
     dpkg-deb -x "linux-image-${kver}"_*.deb "$kdir"
     moddir=$kdir/lib/modules/$kver
     [ -d "$moddir" ] || die "linux-image-$kver has no lib/modules/$kver"
@@ -151,39 +132,11 @@ build_kernel() {
     moddir=$layer/usr/lib/modules/$kver
 
     mkdir -p "$root"/{bin,dev,proc,sys,run,tmp,l0,layer,cfg,rw,newroot,lib/modules}
-    install -m 0755 "$BUSYBOX" "$root/bin/busybox"
-    for applet in sh mount umount mkdir insmod cat sleep switch_root echo ls; do ln -s busybox "$root/bin/$applet"; done
-    declare -A modpath=() added=()
-    local path name
-    while read -r path; do
-        name=$(basename "$path"); name=${name%%.ko*}; name=${name//-/_}
-        modpath[$name]=$path
-    done < <(find "$moddir" -name '*.ko*')
-    local order=()
-    add_module() {
-        local name=${1//-/_} path dep
-        [ -z "${added[$name]:-}" ] || return 0
-        added[$name]=1
-        path=${modpath[$name]:-}
-        if [ -z "$path" ]; then
-            tr '-' '_' < "$moddir/modules.builtin" | grep -q "/$name\.ko" && return 0
-            die "kernel $kver has no module $name"
-        fi
-        case $path in
-            *.ko) cp "$path" "$root/lib/modules/$name.ko" ;;
-            *.ko.xz) xz -dc "$path" > "$root/lib/modules/$name.ko" ;;
-            *.ko.zst) zstd -qdc "$path" > "$root/lib/modules/$name.ko" ;;
-            *) die "unknown module format: $path" ;;
-        esac
-        for dep in $(modinfo -F depends "$root/lib/modules/$name.ko" | tr ',' ' '); do add_module "$dep"; done
-        order+=("$name")
-    }
-    local m
-    for m in "${MODULES[@]}"; do add_module "$m"; done
-    printf '%s\n' "${order[@]}" > "$root/lib/modules/load-order"
+    initramfs_busybox "$root" "$BUSYBOX" sh mount umount mkdir insmod cat sleep switch_root echo ls
+    order=$(initramfs_modules "$root" "$moddir" "${MODULES[@]}")
     install -m 0755 "$HERE/l1/init" "$root/init"
-    (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -1 > "$layer/boot/initrd.img-$kver"
-    echo "$kver: ${order[*]}"
+    initramfs_pack "$root" "$layer/boot/initrd.img-$kver" 1
+    echo "$kver: $order"
 }
 build_kernel "$OLD"
 build_kernel "$NEW"

@@ -298,6 +298,15 @@ def cmd_up(workdir: Path, specs: list[dict[str, Any]], timeout: float) -> list[d
     return records
 
 
+def ticks_after(workdir: Path, name: str, ticks: int, timeout: float) -> int:
+    """The guest's tick count once it is past ticks (a running guest's timer goes on), or after timeout."""
+    p = paths(workdir, name)
+    deadline = time.monotonic() + timeout
+    while (later := header(p["qmp"], p["dump"])["ticks"]) <= ticks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return later
+
+
 def load_records(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted(workdir.glob("*.lab.json"))]
 
@@ -323,8 +332,7 @@ def cmd_check(workdir: Path) -> tuple[bool, list[dict[str, Any]]]:
                 if now.get("ticks", 0) < before["ticks"]:
                     problems.append(f"tick counter went back: {now.get('ticks')} < {before['ticks']}")
                 if rec["state"] == "running":
-                    time.sleep(1.0)
-                    later = header(paths(workdir, rec["name"])["qmp"], paths(workdir, rec["name"])["dump"])["ticks"]
+                    later = ticks_after(workdir, rec["name"], now.get("ticks", 0), 5.0)
                     now["ticks_later"] = later
                     if later <= now.get("ticks", 0):
                         problems.append("running, but its timer does not tick")
@@ -352,7 +360,15 @@ def cmd_down(workdir: Path, names: list[str] | None = None) -> list[int]:
         for path in (p["qmp"], p["qga"], p["record"], mem_path(workdir, rec["name"], rec["ram"])):
             if path is not None:
                 path.unlink(missing_ok=True)
+    # Gone, not just signalled: a guest of the same name may be started next.
+    wait_for("the killed guests to exit", lambda: not any(running(pid) for pid in killed), 30, interval=0.05)
     return killed
+
+
+def running(pid: int) -> bool:
+    """Whether a process has not exited yet (a zombie has an empty command line)."""
+    path = Path(f"/proc/{pid}/cmdline")
+    return path.exists() and bool(path.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,15 @@ on /srv/pmem (or /dev/shm for the negative case).
 
     lab.py up --workdir /tmp/kexec-lab --hosts 2 \\
         --guest g0:pattern:pmem:running --guest g1:pattern:pmem:paused
+    lab.py guests --workdir /tmp/kexec-lab --kernel old --guest g0:pattern:pmem:running
     lab.py ssh --workdir /tmp/kexec-lab h0 -- uname -r
     lab.py check --workdir /tmp/kexec-lab          # every host: kernel, boot id, guests
     lab.py down --workdir /tmp/kexec-lab
+
+`guests` hands a booted lab to its next user (the kexec fault rows, then the kexec-ci
+scenario, share one L1 boot): on every host it stops the L2 guests, empties the state
+directory, unloads any kexec kernel, kexecs into the asked kernel if the host runs another,
+starts the new guests and records the host as it is now (kernel, boot id) for `check`.
 
 `up` writes WORKDIR/inventory.yml (group "hypervisors", SSH to 127.0.0.1 on
 each host's port, /usr/bin/python3) and WORKDIR/lab.json (what was booted,
@@ -49,6 +55,7 @@ QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
 L2_SOURCE = HERE / "l2.py"
 L2_SCRIPT = "/run/kexec-l1/cfg/l2.py"
 GUEST_DIR = "/srv/pmem/vms"
+STATE_DIR = "/var/lib/qemu-cpr"
 # Kernel command line of the L1 hosts: reused as is by `kexec --reuse-cmdline`,
 # so the new kernel finds its persistent memory at the same place.
 CMDLINE = ("console=ttyS0 panic=-1 no_timer_check mitigations=off i8042.noaux i8042.nokbd "
@@ -178,6 +185,37 @@ def boot_host(workdir: Path, host: dict[str, Any], kernel: str) -> None:
     _children[proc.pid] = proc
 
 
+def serial_boots(host: dict[str, Any]) -> int:
+    """How often the host came up (first boot and every kexec): rc prints a line each time."""
+    try:
+        return Path(host["serial"]).read_text(errors="replace").count("kexec-l1 rc: up:")
+    except OSError:
+        return 0
+
+
+def drop_master(workdir: Path, port: int) -> None:
+    """End the shared SSH connection to a host, which a kexec would leave dangling."""
+    subprocess.run(ssh_argv(workdir, port)[:-1] + ["-O", "exit", "root@127.0.0.1"], capture_output=True,
+                   timeout=30, check=False, stdin=subprocess.DEVNULL)
+
+
+def kexec_into(workdir: Path, host: dict[str, Any], kernel: str, timeout: float) -> float:
+    """Kexec the host into kernel (the lab's own kexec, not the role's); seconds until SSH answers again."""
+    start, boots = time.monotonic(), serial_boots(host)
+    drop_master(workdir, host["port"])
+    ssh(workdir, host["port"], f"set -e; kexec -l /boot/vmlinuz-{kernel} --initrd=/boot/initrd.img-{kernel} "
+        "--reuse-cmdline; sync; trap '' HUP; "
+        "setsid /bin/sh -c 'sleep 1; exec kexec -e' </dev/null >/dev/null 2>&1 &", control=False)
+    while serial_boots(host) == boots:
+        if not alive(host):
+            raise LabError(f"{host['name']}: QEMU exited during the kexec.\n{tail(Path(host['serial']))}")
+        if time.monotonic() - start > timeout:
+            raise LabError(f"{host['name']}: not up after the kexec in {timeout:.0f} s.\n{tail(Path(host['serial']))}")
+        time.sleep(0.2)
+    wait_ssh(workdir, host, timeout)
+    return time.monotonic() - start
+
+
 def host_facts(workdir: Path, host: dict[str, Any]) -> dict[str, str]:
     out = ssh(workdir, host["port"], "uname -r; cat /proc/sys/kernel/random/boot_id; "
               "findmnt -no SOURCE,FSTYPE,OPTIONS /srv/pmem || true").stdout.splitlines()
@@ -292,19 +330,51 @@ def cmd_up(args: argparse.Namespace) -> dict[str, Any]:
     timings["l1_boot_to_ssh_seconds"] = [round(w, 1) for w in waits]
     log(f"L1 hosts answer over SSH after {', '.join(f'{w:.0f} s' for w in waits)}")
 
+    provision_all(workdir, lab, lambda host: provision(workdir, host))
+    timings["up_seconds"] = round(time.monotonic() - started, 1)
+    save(workdir, lab)
+    return lab
+
+
+def provision_all(workdir: Path, lab: dict[str, Any], prepare) -> None:
+    """prepare every host at once, then record each as it is now: what `check` compares with."""
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(lab["hosts"])) as pool:
-        provisions = list(pool.map(lambda h: provision(workdir, h), lab["hosts"]))
+        provisions = list(pool.map(prepare, lab["hosts"]))
     for host, prov in zip(lab["hosts"], provisions):
         host["timings"] = prov
         host.update(host_facts(workdir, host))
         host["boot_id_before"] = host["boot_id"]
         host["kernel_before"] = host["kernel"]
-    timings["provision_seconds"] = round(time.monotonic() - t0, 1)
-    log(f"persistent memory and L2 guests ready after {timings['provision_seconds']:.0f} s")
-    timings["up_seconds"] = round(time.monotonic() - started, 1)
+    lab["timings"]["provision_seconds"] = round(time.monotonic() - t0, 1)
+    log(f"persistent memory and L2 guests ready after {lab['timings']['provision_seconds']:.0f} s")
     save(workdir, lab)
     write_inventory(workdir, lab)
+
+
+def cmd_guests(args: argparse.Namespace) -> dict[str, Any]:
+    """Hand the lab to its next user: every host reset, on the asked kernel, with these L2 guests."""
+    workdir = args.workdir.resolve()
+    lab = load(workdir)
+    kernel = {"old": lab["old_kernel"], "new": lab["new_kernel"]}.get(args.kernel, args.kernel)
+    if kernel and kernel not in (lab["old_kernel"], lab["new_kernel"]):
+        raise LabError(f"--kernel {kernel}: the lab has {lab['old_kernel']} and {lab['new_kernel']}")
+
+    def prepare(host: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        # What an earlier user may have left: its guests (and QEMUs restored from them), its state files and
+        # run lock, a kernel loaded for kexec.
+        ssh(workdir, host["port"], f"python3 {L2_SCRIPT} down --dir {GUEST_DIR} >/dev/null; "
+            f"kexec -u || true; find {STATE_DIR} -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {{}} +",
+            timeout=300)
+        timings = {"reset_seconds": round(time.monotonic() - t0, 1)}
+        if kernel and host_facts(workdir, host)["kernel"] != kernel:
+            timings["kexec_seconds"] = round(kexec_into(workdir, host, kernel, args.timeout), 1)
+            log(f"{host['name']}: kexec'd into {kernel} in {timings['kexec_seconds']:.0f} s")
+        host["guests"] = list(args.guest or [])
+        return timings | provision(workdir, host)
+
+    provision_all(workdir, lab, prepare)
     return lab
 
 
@@ -385,17 +455,23 @@ def main(argv: list[str] | None = None) -> int:
     ssh_cmd = sub.add_parser("ssh", help="run a command on a host")
     ssh_cmd.add_argument("host")
     ssh_cmd.add_argument("cmd", nargs=argparse.REMAINDER)
+    guests = sub.add_parser("guests", help="reset every host, kexec it into --kernel, start these L2 guests")
+    guests.add_argument("--kernel", default="", help="old, new or a release (default: the one it runs)")
+    guests.add_argument("--guest", action="append", help="L2 guest of every host, as for up")
+    guests.add_argument("--timeout", type=float, default=600)
     check = sub.add_parser("check", help="after the update: new kernel, new boot id, guests as they were")
     check.add_argument("--expect-kernel", default="")
     check.add_argument("--no-reboot", dest="expect_reboot", action="store_false")
     down = sub.add_parser("down", help="kill the L1 hosts")
     down.add_argument("--keep", dest="remove", action="store_false", help="keep the work directory")
-    for cmd in (up, ssh_cmd, check, down, sub.add_parser("show")):
+    for cmd in (up, guests, ssh_cmd, check, down, sub.add_parser("show")):
         cmd.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             print(json.dumps(cmd_up(args), indent=2))
+        elif args.command == "guests":
+            print(json.dumps(cmd_guests(args), indent=2))
         elif args.command == "check":
             ok, report = cmd_check(args)
             print(json.dumps(report, indent=2))

@@ -5,27 +5,27 @@
 #
 # With no scenario it runs kexec-ci (one L1 host, what CI runs). Each scenario
 # boots its own L1 test hypervisors (TCG VMs) under /tmp/kexec-molecule-<scenario>
-# and destroys them at the end, also on failure. Needs root and
+# and destroys them at the end, also on failure. With KEXEC_LAB_DIR naming a lab that
+# tests/kexec/lab.py already booted, the scenarios use its hosts instead (reset, put on
+# the old kernel and given their own L2 guests by lab.py guests), and KEXEC_LAB_KEEP=1
+# leaves them running at the end, for whoever booted them (scripts/test.sh). Needs root and
 # scripts/install-host-deps.sh (QEMU 10, kexec-tools, the .venv with molecule).
 # Prints the time each scenario took.
 set -euo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VENV=${HYPERVISOR_CPR_VENV:-$REPO_ROOT/.venv}
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/common.sh"
 MOLECULE=${MOLECULE:-$VENV/bin/molecule}
 cd "$REPO_ROOT"
 
-if [ ! -x "$MOLECULE" ]; then
-    echo "run-molecule.sh: no molecule at $MOLECULE: install it in the venv (pip install molecule) or set MOLECULE" >&2
-    exit 1
-fi
+[ -x "$MOLECULE" ] || die "no molecule at $MOLECULE: install it in the venv (pip install molecule) or set MOLECULE"
 scenarios=()
 while [ $# -gt 0 ] && [ "$1" != -- ]; do scenarios+=("$1"); shift; done
 [ "${1:-}" != -- ] || shift
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(kexec-ci)
 
 export ANSIBLE_COLLECTIONS_PATH
-ANSIBLE_COLLECTIONS_PATH=$(scripts/collection-path.sh)
+ANSIBLE_COLLECTIONS_PATH=$(collections_path)
 # ansible-playbook of molecule's own environment, never a pyenv shim.
 PATH=$(dirname "$MOLECULE"):$PATH
 export PATH

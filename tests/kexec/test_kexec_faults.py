@@ -57,7 +57,8 @@ class Lab:
     def __init__(self, workdir):
         self.workdir = workdir
         self.inventory = os.path.join(workdir, "inventory.yml")
-        self.reports = os.path.join(workdir, "reports")
+        # Its own: a lab shared with the kexec-ci scenario holds that scenario's reports in reports/.
+        self.reports = os.path.join(workdir, "reports-faults")
         self.runs = 0
         self.info = {}
 
@@ -98,7 +99,7 @@ class Lab:
                 "-e", f"kernel_update_run_id={run_id}", "-e", f"rolling_report_dir={self.reports}", *extra]
 
     @staticmethod
-    def env():
+    def env(log_path):
         env = dict(os.environ)
         env.update({
             "ANSIBLE_COLLECTIONS_PATH": os.path.join(REPO_ROOT, ".cache", "collections"),
@@ -106,6 +107,10 @@ class Lab:
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_RETRY_FILES_ENABLED": "false",
+            # When each task of the run started and ended, beside its log (where the time of a row goes).
+            "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO_ROOT, "benchmarks", "callback_plugins"),
+            "ANSIBLE_CALLBACKS_ENABLED": "bench_timer",
+            "BENCH_TIMER_OUT": log_path[:-len(".log")] + ".tasks.json",
         })
         return env
 
@@ -116,14 +121,15 @@ class Lab:
     def play(self, run_id, *extra, timeout=1200):
         path = self.log_path()
         with open(path, "w", encoding="utf-8") as log:
-            done = subprocess.run(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+            done = subprocess.run(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(path),
                                   cwd=self.workdir, timeout=timeout, check=False)
         with open(path, encoding="utf-8") as log:
             return done.returncode, log.read()
 
     def start(self, run_id, *extra):
-        log = open(self.log_path(), "w", encoding="utf-8")  # pylint: disable=consider-using-with
-        return subprocess.Popen(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+        path = self.log_path()
+        log = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+        return subprocess.Popen(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(path),
                                 cwd=self.workdir, start_new_session=True)
 
     def report(self, run_id):
@@ -199,18 +205,28 @@ def _guest_losses(report, manifests):
 
 @pytest.fixture(scope="module")
 def lab():
-    workdir = tempfile.mkdtemp(prefix="kexec-faults-", dir="/tmp")
+    """One L1 host on the old kernel with the two guests; booted here, or the lab HYPERVISOR_CPR_KEXEC_LAB names.
+
+    scripts/test.sh boots that lab while other steps run and hands it on to the kexec-ci scenario afterwards:
+    one L1 boot for both. `lab.py guests` resets the host either way (guests, state directory, kexec kernel).
+    """
+    shared = os.environ.get("HYPERVISOR_CPR_KEXEC_LAB")
+    workdir = shared or tempfile.mkdtemp(prefix="kexec-faults-", dir="/tmp")
     handle = Lab(workdir)
     started = time.monotonic()
     try:
-        args = ["up", "--hosts", "1"] + [arg for guest in GUESTS for arg in ("--guest", guest)]
+        if not shared:
+            handle.lab("up", "--hosts", "1", timeout=1200)
+        args = ["guests", "--kernel", "old"] + [arg for guest in GUESTS for arg in ("--guest", guest)]
         handle.info = json.loads(handle.lab(*args, timeout=1200).stdout)
-        _log(f"lab up in {time.monotonic() - started:.0f} s: {handle.info['old_kernel']} -> {handle.info['new_kernel']}")
+        _log(f"lab ready in {time.monotonic() - started:.0f} s: {handle.info['old_kernel']} -> {handle.info['new_kernel']}"
+             f" ({'shared, ' if shared else ''}{handle.info['hosts'][0]['timings']})")
         yield handle
     finally:
-        handle.lab("down", "--keep", check=False)
-        if not os.environ.get("HYPERVISOR_CPR_KEEP_WORKDIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
+        if not shared:
+            handle.lab("down", "--keep", check=False)
+            if not os.environ.get("HYPERVISOR_CPR_KEEP_WORKDIR"):
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_host_back_on_the_wrong_kernel_gets_its_vms_back_and_stops_the_rollout(lab, campaign):

@@ -285,7 +285,7 @@ def test_downtime_ends_when_the_vm_runs_not_when_its_agent_answers(vm_dir):
                 time.sleep(4)
                 return
 
-    holder = threading.Thread(target=hold_agent_channel)
+    holder = threading.Thread(target=testbed.in_realtime, args=(hold_agent_channel,))
     holder.start()
     try:
         [result] = restore(state_dir, options=RestoreOptions(timeout=60))["vms"]

@@ -70,8 +70,11 @@ def test_guest_that_refuses_or_ignores_the_request_is_left_running(vm_dir):
     with pytest.raises(CprError, match="VM refuses: the guest agent refused guest-shutdown"):
         power_stop(Selection(names=["refuses"]), state_dir, timeout=30)
     # Without an answering agent the ACPI power button is pressed; this guest has nothing that listens to it.
-    vms[1].guest_exec(["sh", "-c", "(sleep 1; killall -STOP qemu-ga) >/dev/null 2>&1 &"])
-    time.sleep(2)
+    vms[1].guest_exec(["sh", "-c", "(sleep 0.2; killall -STOP qemu-ga) >/dev/null 2>&1 &"])
+    deadline = time.monotonic() + 30
+    while vms[1].agent_answers():
+        assert time.monotonic() < deadline, "the guest agent still answers"
+        time.sleep(0.05)
     with pytest.raises(CprError) as failure:
         power_stop(Selection(names=["deaf"]), state_dir, timeout=3)
     assert "VM deaf: the guest did not power off within 3 s after system_powerdown; it is left running" in str(

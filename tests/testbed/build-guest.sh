@@ -12,7 +12,10 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-CACHE=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}
+# shellcheck source=scripts/lib/common.sh
+. "$HERE/../../scripts/lib/common.sh"
+# shellcheck source=scripts/lib/initramfs.sh
+. "$REPO_ROOT/scripts/lib/initramfs.sh"
 OUTDIR=$(realpath -m "${1:-$CACHE/guest}")
 # Kernel modules the guest needs when the kernel has them as modules: the
 # virtio PCI transport and virtio-serial for the guest agent's port.
@@ -23,9 +26,7 @@ MODULES=(virtio_pci virtio_console)
 # panic=-1 with QEMU's -no-reboot turns a guest panic into a QEMU exit.
 CMDLINE="console=ttyS0 quiet panic=-1 no_timer_check mem_sleep_default=deep i8042.noaux i8042.nokbd mitigations=off"
 
-die() { echo "build-guest.sh: $*" >&2; exit 1; }
-
-stamp=$( { sha256sum < "${BASH_SOURCE[0]}"; cd "$HERE/guest" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
+stamp=$(inputs_hash "${BASH_SOURCE[0]}" "$HERE/guest")
 if [ -f "$OUTDIR/vmlinuz" ] && [ -f "$OUTDIR/initrd.img" ] && [ "$(cat "$OUTDIR/stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "guest up to date in $OUTDIR"
     exit 0
@@ -44,37 +45,16 @@ if [ -f "$OUTDIR/vmlinuz" ] && [ -f "$OUTDIR/initrd.img" ] && [ "$(cat "$OUTDIR/
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-missing=()
-command -v cpio >/dev/null || missing+=(cpio)
-command -v modinfo >/dev/null || missing+=(kmod)
-command -v zstd >/dev/null || missing+=(zstd)
-command -v xz >/dev/null || missing+=(xz-utils)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+need_build_tools cpio:cpio modinfo:kmod zstd:zstd xz:xz-utils
 
 work=$(mktemp -d "$OUTDIR/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
 # The kernel linux-image-amd64 currently points to, e.g. linux-image-6.1.0-56-amd64.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
-if [ -z "$kpkg" ]; then
-    apt-get update -qq
-    kpkg=$(apt-cache depends linux-image-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
-fi
-[ -n "$kpkg" ] || die "cannot tell which kernel linux-image-amd64 depends on"
-kver=${kpkg#linux-image-}
-
-# apt-get download needs no install; as root into a private directory it
-# warns that it runs unsandboxed, which is fine here.
-fetch() { apt-get download -q "$kpkg" busybox-static qemu-guest-agent 2>&1 | { grep -v unsandboxed || true; }; }
-echo "downloading $kpkg busybox-static qemu-guest-agent"
-if ! fetch; then
-    apt-get update -qq  # stale package lists point at files the mirror dropped
-    fetch || die "apt-get download $kpkg busybox-static qemu-guest-agent failed"
-fi
+kver=$(default_kernel)
+kpkg=linux-image-$kver
+apt_download "$kpkg" busybox-static qemu-guest-agent
 dpkg-deb -x "$kpkg"_*.deb kernel
 dpkg-deb -x busybox-static_*.deb busybox
 dpkg-deb -x qemu-guest-agent_*.deb qga
@@ -84,10 +64,7 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,etc,var,lib/mod
 ln -s /run "$root/var/run"
 
 # busybox and a symlink per applet, so qemu-ga's guest-exec finds /bin/cat etc.
-install -m 0755 busybox/bin/busybox "$root/bin/busybox"
-for applet in $(busybox/bin/busybox --list-full); do
-    [ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
-done
+initramfs_busybox "$root" busybox/bin/busybox
 
 # qemu-ga, the shared libraries it links (copied from the host, which has the
 # same distribution) and the dynamic loader, at the paths ldd reports.
@@ -105,47 +82,17 @@ if ldd qga/usr/sbin/qemu-ga | grep -q 'not found'; then
     die "qemu-ga needs libraries this host lacks: $(ldd qga/usr/sbin/qemu-ga | grep 'not found')"
 fi
 
-# Kernel modules with their dependencies, decompressed (busybox insmod takes
-# plain .ko) and listed in load order for /init.
+# Kernel modules with their dependencies, decompressed and listed in load order for /init.
 moddir=$(find kernel -type d -path "*/lib/modules/$kver" | head -n1)
 [ -n "$moddir" ] || die "$kpkg has no lib/modules/$kver"
-declare -A modpath=()
-while read -r path; do
-    name=$(basename "$path"); name=${name%%.ko*}; name=${name//-/_}
-    modpath[$name]=$path
-done < <(find "$moddir" -name '*.ko*')
-declare -A added=()
-load_order=()
-add_module() {
-    local name=${1//-/_} path dep
-    [ -z "${added[$name]:-}" ] || return 0
-    added[$name]=1
-    path=${modpath[$name]:-}
-    if [ -z "$path" ]; then
-        tr '-' '_' < "$moddir/modules.builtin" | grep -q "/$name\.ko" && return 0
-        die "kernel $kver has no module $name"
-    fi
-    case $path in
-        *.ko) cp "$path" "$root/lib/modules/$name.ko" ;;
-        *.ko.xz) xz -dc "$path" > "$root/lib/modules/$name.ko" ;;
-        *.ko.zst) zstd -qdc "$path" > "$root/lib/modules/$name.ko" ;;
-        *.ko.gz) gzip -dc "$path" > "$root/lib/modules/$name.ko" ;;
-        *) die "unknown module format: $path" ;;
-    esac
-    for dep in $(modinfo -F depends "$root/lib/modules/$name.ko" | tr ',' ' '); do
-        add_module "$dep"
-    done
-    load_order+=("$name")
-}
-for m in "${MODULES[@]}"; do add_module "$m"; done
-printf '%s\n' "${load_order[@]}" > "$root/lib/modules/load-order"
+load_order=$(initramfs_modules "$root" "$moddir" "${MODULES[@]}")
 
 install -m 0755 "$HERE/guest/init" "$root/init"
 install -m 0755 "$HERE/guest/pm-is-supported" "$root/usr/sbin/pm-is-supported"
 install -m 0755 "$HERE/guest/pm-suspend" "$root/usr/sbin/pm-suspend"
 install -m 0755 "$HERE/guest/shutdown" "$root/sbin/shutdown"
 
-(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) | gzip -6 > initrd.img
+initramfs_pack "$root" initrd.img 6
 cp "$(find kernel -path "*/boot/vmlinuz-$kver")" vmlinuz
 
 qga_version=$(dpkg-deb -f qemu-guest-agent_*.deb Version)
@@ -155,6 +102,6 @@ mv -f vmlinuz "$OUTDIR/vmlinuz"
 mv -f initrd.img "$OUTDIR/initrd.img"
 echo "$CMDLINE" > "$OUTDIR/cmdline"
 printf 'kernel %s %s\nmodules %s\nqemu-guest-agent %s\nbusybox-static %s\n' \
-    "$kpkg" "$kernel_version" "${load_order[*]:-none}" "$qga_version" "$busybox_version" > "$OUTDIR/versions"
+    "$kpkg" "$kernel_version" "${load_order:-none}" "$qga_version" "$busybox_version" > "$OUTDIR/versions"
 echo "$stamp" > "$OUTDIR/stamp"
 echo "guest built in $OUTDIR ($kpkg, qemu-guest-agent $qga_version)"

@@ -5,7 +5,9 @@
 # Prints the path of the qemu-system-x86_64 wrapper it made.
 set -euo pipefail
 
-CACHE=${HYPERVISOR_CPR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hypervisor-cpr}/qemu-7.2
+# shellcheck source=scripts/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/common.sh"
+CACHE=$CACHE/qemu-7.2
 wrapper=$CACHE/qemu-system-x86_64
 
 if [ ! -x "$wrapper" ]; then

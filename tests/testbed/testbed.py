@@ -244,6 +244,18 @@ def _kill_and_wait(pids: Sequence[int], timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+def in_realtime(target: Any, *args: Any) -> Any:
+    """Call target(*args) in a thread of real-time priority (SCHED_FIFO), for a test's fault injector.
+
+    An injector that polls for an event (the state file appears, the new QEMU listens) and must act before
+    QEMU's next step would, on a loaded machine, often be scheduled too late: QEMU writes a state file in
+    a fraction of a second. At real-time priority it runs the moment its poll finds the event.
+    """
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # 0: the calling thread, on Linux
+    return target(*args)
+
+
 def start_qemu(argv: Sequence[str], log: Path) -> int:
     """Start QEMU detached (own session, output appended to log); return its pid."""
     with open(log, "ab") as out:
@@ -300,6 +312,17 @@ class TestVM:
         it waits 1 s for an error, then returns None (suspend() is quicker).
         """
         return asyncio.run(_call(self.qga_socket, True, cmd, _args(arguments, kwargs)))
+
+    def agent_answers(self, timeout: float = 0.5) -> bool:
+        """Whether the guest agent answers a guest-ping within timeout (False: stopped, gone, or not yet up)."""
+        try:
+            return asyncio.run(_call(self.qga_socket, True, "guest-ping", {}, timeout)) == {}
+        except (QMPError, OSError, TestbedError):
+            return False
+
+    def agent_exits(self) -> int:
+        """How often qemu-ga exited in this guest: its init says so on the serial console, and starts it again."""
+        return self.serial_log.read_text(errors="replace").count("init: qemu-ga exited")
 
     def guest_exec(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
         """Run argv in the guest (no shell) and return its stdout."""
