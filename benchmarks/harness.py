@@ -376,7 +376,7 @@ class Trace:
 
         # (owner, method, label, where the manifest is among the call's arguments)
         for owner, name, label, manifest_at in ((Launcher, "start", "launch", 1), (StateDir, "seal", "seal", 1),
-                                                (StateDir, "verify_state", "verify", 0)):
+                                                (StateDir, "verify_state", "verify", 1)):
             self._wrap(owner, name, label, manifest_at)
 
     def _wrap(self, owner: Any, name: str, label: str, manifest_at: int) -> None:

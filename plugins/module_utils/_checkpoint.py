@@ -32,12 +32,13 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import VmFacts
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate, suspend_guest, wait_runstate, wake_guest
-from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id, process_identity, systemd_runs_host
 from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher, bring_back, settle
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import HOW_QEMU_DIED, Manifest
-from ansible_collections.hypervisor.cpr.plugins.module_utils._process import alive, process_cwd, quit_qemu, stop_record
+from ansible_collections.hypervisor.cpr.plugins.module_utils._process import Command, alive, quit_qemu, stop_record
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import CONNECT_TIMEOUT, QmpSession, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._units import Hold, hold, holdable, release
 
 SUSPEND_CHOICES = ("vfio", "all", "none")
 # A guest asked to suspend may still get there after we gave up waiting.
@@ -55,6 +56,8 @@ class SaveOptions:
     suspend: str = "vfio"
     all_or_nothing: bool = True
     mapped_ram: Optional[bool] = None
+    # Keep the systemd service of each VM from starting it cold while it is saved (_units).
+    hold_units: bool = True
 
 
 @dataclass
@@ -69,13 +72,14 @@ class SaveResult:
     paused_at: float
     save_seconds: float
     quit: bool
+    held_unit: Optional[str]
 
     @classmethod
     def of(cls, manifest: Manifest, changed: bool, quit_: bool) -> "SaveResult":
         """The result for a manifest; a save of an earlier run (changed False) took no time in this one."""
         return cls(manifest.name, changed, manifest.state_file, manifest.state_bytes, manifest.ram_in_place,
                    manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at,
-                   manifest.save_seconds if changed else 0.0, quit_)
+                   manifest.save_seconds if changed else 0.0, quit_, manifest.held_unit)
 
 
 @dataclass
@@ -84,12 +88,14 @@ class _Checkpoint:
 
     facts: VmFacts
     suspend: bool
-    cwd: str
+    held_unit: Optional[str] = None
     settings: migration.Settings = field(default_factory=lambda: ({}, {}))
     settings_before: migration.Settings = field(default_factory=lambda: ({}, {}))
     suspended_by_us: bool = False
     # Set once the .saving record is written: the manifest to be.
     manifest: Optional[Manifest] = None
+    # The state file QEMU was handed, as the URI it migrates to.
+    uri: Optional[str] = None
     undo_error: Optional[str] = None
     # Its QEMU died during the save: recorded for vm_power to start it again.
     died: bool = False
@@ -139,8 +145,13 @@ class SaveRound:
 async def save_round(facts: List[VmFacts], state_dir: StateDir, options: SaveOptions) -> List[Any]:
     """Save every VM at once; their results, or the exception each failed with."""
     vm_round = SaveRound([f.name for f in facts], options.all_or_nothing)
+    holds = [Hold(str(f.unit), f.name, state_dir.manifest_path(f.name)) for f in facts
+             if options.hold_units and holdable(f.unit) and systemd_runs_host()]
+    # Held before any VM stops: a service with Restart=always starts its QEMU again the moment the save quits it.
+    hold(holds)
+    held = {h.vm: h.unit for h in holds}
     checkpoints = [_Checkpoint(f, options.suspend == "all" or (options.suspend == "vfio" and bool(f.vfio)),
-                               process_cwd(f.pid)) for f in facts]
+                               held.get(f.name)) for f in facts]
     results = await asyncio.gather(*(_save_one(c, vm_round, state_dir, options) for c in checkpoints),
                                    return_exceptions=True)
     failed = [(c, r) for c, r in zip(checkpoints, results) if isinstance(r, BaseException)]
@@ -212,8 +223,10 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
     if blocked:
         raise NotReadyError(f"QEMU blocks a cpr-reboot migration: {'; '.join(blocked)}", facts.name)
 
+    command = Command.of(facts)
     manifest = checkpoint.manifest = Manifest(
-        name=facts.name, argv=facts.argv, cwd=checkpoint.cwd, qmp_socket=facts.qmp_socket, qga_socket=facts.qga_socket,
+        name=facts.name, argv=command.argv, cwd=command.cwd, qmp_socket=facts.qmp_socket or "",
+        qga_socket=facts.qga_socket,
         machine_type=facts.machine_type or "", qemu_version=facts.qemu_version or "",
         runstate_before="suspended" if checkpoint.suspended_by_us else facts.runstate or "running",
         suspended_by_us=checkpoint.suspended_by_us,
@@ -223,15 +236,19 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
         capabilities=checkpoint.settings[0], parameters=checkpoint.settings[1],
         state_file=state_dir.state_path(facts.name), reboot=options.reboot,
         paused_at=paused_at, boot_id=boot_id(), kernel=platform.release(),
+        qemu_process=process_identity(session.pid or facts.pid or 0),
+        credentials=command.credentials.to_dict() if command.credentials else {}, held_unit=checkpoint.held_unit,
     )
     # Written before the VM stops (a thread, so that the VMs' fsyncs overlap); it gets the real paused_at later.
     await asyncio.to_thread(state_dir.write_manifest, manifest, True)
+    uri = checkpoint.uri = await migration.hand_over(session, state_dir.open_state(facts.name, write=True))
     await vm_round.ready_to_stop(facts.name)
     started = time.monotonic()
     if not checkpoint.suspended_by_us:
         manifest.paused_at = time.time()
-    await session.execute("migrate", {"uri": f"file:{manifest.state_file}"})
+    await session.execute("migrate", {"uri": uri})
     await migration.wait_migration(session, options.timeout, "the save")
+    await migration.release(session, uri)
     state = await runstate(session)
     if state != "postmigrate":
         raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", facts.name)
@@ -254,6 +271,8 @@ async def _undo(session: QmpSession, checkpoint: _Checkpoint, state_dir: StateDi
     """Bring the VM back exactly as it was and remove what the save wrote; note why if that fails."""
     try:
         await _resume(session, checkpoint, state_dir, timeout)
+        if checkpoint.held_unit:
+            await asyncio.to_thread(release, [checkpoint.held_unit])
     except CprError as exc:
         checkpoint.undo_error = str(exc)
         if _died_unsaved(checkpoint, state_dir):
@@ -287,6 +306,8 @@ async def _resume(session: QmpSession, checkpoint: _Checkpoint, state_dir: State
         await wake_guest(session, timeout)
     if any(checkpoint.settings_before):
         await migration.apply(session, checkpoint.settings_before)
+    if checkpoint.uri is not None:
+        await migration.release(session, checkpoint.uri)
     await asyncio.to_thread(state_dir.remove_saved, checkpoint.name)
 
 
@@ -302,7 +323,9 @@ def _record_for_a_fresh_start(checkpoint: _Checkpoint, state_dir: StateDir) -> N
     (which the kernel_update role runs) boots the VM again; the partial state file is removed.
     """
     facts = checkpoint.facts
-    state_dir.write_stopped(stop_record(facts, checkpoint.cwd, bool(facts.agent.answering) or checkpoint.suspended_by_us,
+    state_dir.write_stopped(stop_record(facts, bool(facts.agent.answering) or checkpoint.suspended_by_us,
                                         HOW_QEMU_DIED))
     state_dir.remove_saved(facts.name)
+    if checkpoint.held_unit:
+        release([checkpoint.held_unit])
     checkpoint.died = True

@@ -4,170 +4,61 @@
 
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use it from other collections or standalone plugins/modules.
-"""Find the QEMU processes of a host and their sockets.
+"""Every QEMU process of the host: how to reach it, who runs it, who manages it, and whether we may drive it.
 
-Everything is read from ``/proc/<pid>/cmdline``: the VM name (``-name``), the
-QMP socket (``-qmp unix:...`` or ``-chardev socket,...`` with ``-mon
-...,mode=control``) and the guest agent socket (the chardev of the
-``virtserialport`` named ``org.qemu.guest_agent.0``). VMs whose argv does
-not say can be given explicitly instead.
+Everything is read from ``/proc/<pid>``: the command line (its VM name, QMP and
+guest agent sockets, see _argv), the binary it runs (``exe``, never argv[0]),
+its credentials, its parent and its systemd unit. A QEMU that libvirt, Proxmox
+VE or Ganeti runs, or whose monitor we cannot reach, is listed too, with why
+it cannot be driven: a reboot takes it down like any other. VMs whose argv does
+not say where their sockets are can be given explicitly instead.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import QemuArgs, read_args
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import parent_of, unit_of
+from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import Credentials, binary_problem, credentials_of
 
-AGENT_PORT_NAME = "org.qemu.guest_agent.0"
-
-# QEMU options that take no value; every other option consumes the next word.
-_FLAGS = frozenset((
-    "S", "s", "daemonize", "nodefaults", "no-user-config", "no-shutdown", "no-reboot",
-    "enable-kvm", "snapshot", "nographic", "no-hpet", "no-acpi", "full-screen", "no-quit",
-    "preconfig", "only-migratable", "enable-sync-profile", "no-fd-bootchk", "win2k-hack",
-    "rtc-td-hack", "no-kvm", "old-param", "semihosting", "version", "help", "h", "ctrl-grab",
-    "alt-grab", "no-frame", "curses", "portrait", "msg", "mem-prealloc", "enable-fips",
-))
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")
+_WHAT_TO_DO = {
+    "libvirt": "libvirt owns its monitor, and driving QEMU behind libvirt's back breaks libvirt's view of the domain: "
+               "save it with virsh managedsave or migrate it away before the reboot, or shut it down",
+    "proxmox": "Proxmox VE starts it and cleans up (volumes, sockets) when its QEMU exits: use Proxmox's own tools "
+               "(qm suspend --todisk, qm migrate) before the reboot",
+    "ganeti": "Ganeti starts it with descriptors a restart cannot hand over: use gnt-instance migrate or shutdown "
+              "before the reboot",
+}
 
 
 @dataclass
 class VmEndpoint:
-    """How to reach one VM: its name, process and sockets."""
+    """One QEMU of the host: how to reach it, who runs it, and why we cannot drive it (problem) if we cannot."""
 
     name: str
-    qmp_socket: str
+    qmp_socket: Optional[str]
     qga_socket: Optional[str] = None
     pid: Optional[int] = None
     argv: List[str] = field(default_factory=list)
     source: str = "discovered"
-
-
-def parse_opts(value: str, implied: Optional[str] = None) -> Dict[str, str]:
-    """Parse a QemuOpts string (``a=b,c=d``; ``,,`` is a literal comma).
-
-    The first element may be a bare value for the option's implied key, as in
-    ``-name vm1`` or ``-device virtserialport,...``. JSON values (``-device
-    '{"driver": ...}'``) are accepted too.
-    """
-    if value.startswith("{"):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return {}
-        return {str(key): _opt_text(val) for key, val in parsed.items()} if isinstance(parsed, dict) else {}
-
-    parts: List[str] = []
-    current = ""
-    index = 0
-    while index < len(value):
-        char = value[index]
-        if char == ",":
-            if value[index + 1:index + 2] == ",":
-                current += ","
-                index += 2
-                continue
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-        index += 1
-    parts.append(current)
-
-    opts: Dict[str, str] = {}
-    for position, part in enumerate(parts):
-        key, sep, val = part.partition("=")
-        if sep:
-            opts[key] = val
-        elif position == 0 and implied:
-            opts[implied] = part
-        elif part:
-            # A bare flag such as "server" or "nowait" in the legacy syntax.
-            opts[part] = "on"
-    return opts
-
-
-def _opt_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def iter_options(argv: List[str]) -> Iterator[Tuple[str, Optional[str]]]:
-    """Yield (option, value) pairs of a QEMU argv; flags yield a None value."""
-    index = 1
-    while index < len(argv):
-        word = argv[index]
-        if not word.startswith("-") or word == "-":
-            index += 1
-            continue
-        option = word.lstrip("-")
-        if option in _FLAGS or index + 1 >= len(argv):
-            yield option, None
-            index += 1
-        else:
-            yield option, argv[index + 1]
-            index += 2
-
-
-def _legacy_unix_path(spec: str) -> Optional[str]:
-    """The socket path of a legacy chardev spec such as ``unix:/run/vm.qmp,server=on,wait=off``."""
-    if not spec.startswith("unix:"):
-        return None
-    opts = parse_opts(spec[len("unix:"):], implied="path")
-    return opts.get("path") or None
-
-
-def endpoint_from_argv(argv: List[str], pid: Optional[int] = None) -> Optional[VmEndpoint]:
-    """Read name and sockets from a QEMU argv; None when it has no unix QMP socket."""
-    name: Optional[str] = None
-    qmp_socket: Optional[str] = None
-    chardev_paths: Dict[str, str] = {}
-    control_chardevs: List[str] = []
-    agent_chardev: Optional[str] = None
-
-    for option, value in iter_options(argv):
-        if value is None:
-            continue
-        if option == "name":
-            name = parse_opts(value, implied="guest").get("guest") or name
-        elif option in ("qmp", "qmp-pretty"):
-            qmp_socket = qmp_socket or _legacy_unix_path(value)
-        elif option == "chardev":
-            opts = parse_opts(value, implied="backend")
-            if opts.get("backend") == "socket" and opts.get("id") and opts.get("path"):
-                chardev_paths[opts["id"]] = opts["path"]
-        elif option == "mon":
-            opts = parse_opts(value, implied="chardev")
-            if opts.get("mode") == "control" and opts.get("chardev"):
-                control_chardevs.append(opts["chardev"])
-        elif option == "device":
-            opts = parse_opts(value, implied="driver")
-            if opts.get("driver") == "virtserialport" and opts.get("name") == AGENT_PORT_NAME:
-                agent_chardev = opts.get("chardev")
-
-    if qmp_socket is None:
-        qmp_socket = next((chardev_paths[c] for c in control_chardevs if c in chardev_paths), None)
-    if qmp_socket is None:
-        return None
-    if not name:
-        # Without -name, the socket's file name is the one label that survives a restart.
-        name = os.path.splitext(os.path.basename(qmp_socket))[0]
-    return VmEndpoint(
-        name=name,
-        qmp_socket=qmp_socket,
-        qga_socket=chardev_paths.get(agent_chardev) if agent_chardev else None,
-        pid=pid,
-        argv=list(argv),
-    )
+    # The binary it runs, from /proc/<pid>/exe: what a restart runs, never argv[0].
+    exe: Optional[str] = None
+    credentials: Optional[Credentials] = None
+    managed_by: str = "none"
+    recognised_by: List[str] = field(default_factory=list)
+    unit: Optional[str] = None
+    problem: Optional[str] = None
 
 
 def is_qemu_argv(argv: List[str], exe: str = "") -> bool:
-    """Whether a process is a QEMU system emulator."""
-    names = {os.path.basename(argv[0]) if argv else "", os.path.basename(exe)}
-    return any(n.startswith("qemu-system-") or n == "qemu-kvm" for n in names)
+    """Whether a process is a QEMU system emulator (Proxmox runs it as /usr/bin/kvm)."""
+    names = {os.path.basename(argv[0]) if argv else "", os.path.basename(exe).removesuffix(" (deleted)")}
+    return any(n.startswith("qemu-system-") or n in ("qemu-kvm", "kvm") for n in names)
 
 
 def read_argv(pid: int, proc: str = "/proc") -> List[str]:
@@ -180,62 +71,94 @@ def read_argv(pid: int, proc: str = "/proc") -> List[str]:
     return [word.decode("utf-8", "surrogateescape") for word in raw.split(b"\0")[:-1]]
 
 
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def manager_of(args: QemuArgs, parent: str, unit: Optional[str]) -> Dict[str, Any]:
+    """Who manages a QEMU, and the signs that tell: libvirt, proxmox, ganeti, or none."""
+    argv_text = " ".join(value for values in args.options.values() for value in values)
+    signs = {
+        "libvirt": [sign for sign, seen in (
+            (f"its parent is {parent}", parent in LIBVIRT_DAEMONS),
+            ("its monitor was passed as an inherited descriptor (fd=)", bool(args.monitor_fds)),
+            (f"it runs in the libvirt machine unit {unit}", bool(unit) and "machine-qemu" in (unit or "")),
+            ("its command line names /var/lib/libvirt or /run/libvirt",
+             "/var/lib/libvirt/" in argv_text or "/run/libvirt/" in argv_text),
+        ) if seen],
+        "proxmox": [sign for sign, seen in (
+            ("it has a Proxmox VM id (-id)", "id" in args.options),
+            ("its sockets are in /run/qemu-server", "/run/qemu-server/" in argv_text),
+        ) if seen],
+        "ganeti": [sign for sign, seen in (
+            ("its monitors are in Ganeti's control directory", "/run/ganeti/kvm-hypervisor/ctrl/" in argv_text),
+            ("its pid file is Ganeti's", "/run/ganeti/kvm-hypervisor/pid/" in argv_text),
+        ) if seen],
+    }
+    for manager in ("libvirt", "proxmox", "ganeti"):
+        # One sign alone could be a coincidence, except libvirt's own daemon as the parent.
+        if len(signs[manager]) >= 2 or (manager == "libvirt" and parent in LIBVIRT_DAEMONS):
+            return {"managed_by": manager, "recognised_by": signs[manager]}
+    return {"managed_by": "none", "recognised_by": []}
+
+
+def endpoint_of(pid: int, argv: List[str], proc: str = "/proc") -> VmEndpoint:
+    """A QEMU process as the engine sees it, with why it cannot be driven if it cannot."""
+    args = read_args(argv)
+    cwd = _readlink(os.path.join(proc, str(pid), "cwd"))
+    exe = _readlink(os.path.join(proc, str(pid), "exe"))
+    unit = unit_of(pid)
+    endpoint = VmEndpoint(
+        name=args.name or f"qemu-{pid}",
+        qmp_socket=os.path.join(cwd, args.qmp_socket) if args.qmp_socket and cwd else args.qmp_socket,
+        qga_socket=os.path.join(cwd, args.qga_socket) if args.qga_socket and cwd else args.qga_socket,
+        pid=pid, argv=list(argv), exe=exe.removesuffix(" (deleted)") or None,
+        credentials=credentials_of(pid, proc), unit=unit, **manager_of(args, (parent_of(pid) or (0, ""))[1], unit))
+    endpoint.problem = _why_not_drivable(endpoint, args)
+    return endpoint
+
+
+def _why_not_drivable(endpoint: VmEndpoint, args: QemuArgs) -> Optional[str]:
+    if endpoint.managed_by != "none":
+        return (f"{endpoint.managed_by} runs this VM ({'; '.join(endpoint.recognised_by)}): "
+                f"{_WHAT_TO_DO[endpoint.managed_by]}")
+    if endpoint.qmp_socket is None:
+        how = "an HMP monitor (-monitor) only" if args.hmp else "no monitor socket"
+        return (f"its QEMU has {how}, and no QMP unix socket hypervisor.cpr could reach: restart it with "
+                "-qmp unix:<path>,server=on,wait=off (or a -chardev socket with -mon mode=control), or give its "
+                "socket explicitly in vms")
+    if endpoint.credentials is None:
+        return "its credentials cannot be read from /proc, so it could not be started again as the same user"
+    return binary_problem(endpoint.exe)
+
+
 def qemu_processes(proc: str = "/proc") -> Dict[int, List[str]]:
     """Every running QEMU system emulator: pid -> argv."""
     found: Dict[int, List[str]] = {}
     for entry in os.listdir(proc):
         if not entry.isdigit():
             continue
-        pid = int(entry)
-        argv = read_argv(pid, proc)
-        if not argv:
-            continue
-        try:
-            exe = os.readlink(os.path.join(proc, entry, "exe"))
-        except OSError:
-            exe = ""
-        if is_qemu_argv(argv, exe):
-            found[pid] = argv
+        argv = read_argv(int(entry), proc)
+        if argv and is_qemu_argv(argv, _readlink(os.path.join(proc, entry, "exe"))):
+            found[int(entry)] = argv
     return found
 
 
-def _resolve_relative_sockets(endpoint: VmEndpoint, proc: str) -> None:
-    """Socket paths in argv are relative to QEMU's working directory, not ours."""
-    if os.path.isabs(endpoint.qmp_socket) and (endpoint.qga_socket is None or os.path.isabs(endpoint.qga_socket)):
-        return
-    try:
-        cwd = os.readlink(os.path.join(proc, str(endpoint.pid), "cwd"))
-    except OSError:
-        return
-    endpoint.qmp_socket = os.path.join(cwd, endpoint.qmp_socket)
-    if endpoint.qga_socket:
-        endpoint.qga_socket = os.path.join(cwd, endpoint.qga_socket)
-
-
 def discover(proc: str = "/proc") -> List[VmEndpoint]:
-    """Every QEMU on the host that has a unix QMP socket, sorted by name."""
-    endpoints = []
-    for pid, argv in qemu_processes(proc).items():
-        endpoint = endpoint_from_argv(argv, pid)
-        if endpoint is not None:
-            _resolve_relative_sockets(endpoint, proc)
-            endpoints.append(endpoint)
-    return sorted(endpoints, key=lambda e: e.name)
+    """Every QEMU on the host, the ones we cannot drive included, sorted by name."""
+    return sorted((endpoint_of(pid, argv, proc) for pid, argv in qemu_processes(proc).items()), key=lambda e: e.name)
 
 
 def explicit_endpoints(vms: Iterable[Dict[str, Any]], proc: str = "/proc") -> List[VmEndpoint]:
     """Endpoints from an explicit list, matched to their process by QMP socket when possible."""
-    running = {e.qmp_socket: e for e in discover(proc)}
+    running = {e.qmp_socket: e for e in discover(proc) if e.qmp_socket}
     endpoints = []
     for spec in vms:
         qmp_socket = os.path.abspath(spec["qmp_socket"])
-        match = running.get(qmp_socket)
-        endpoints.append(VmEndpoint(
-            name=spec["name"],
-            qmp_socket=qmp_socket,
-            qga_socket=spec.get("qga_socket") or (match.qga_socket if match else None),
-            pid=match.pid if match else None,
-            argv=match.argv if match else [],
-            source="explicit",
-        ))
+        match = running.get(qmp_socket) or VmEndpoint(name=spec["name"], qmp_socket=qmp_socket)
+        endpoints.append(dataclasses.replace(match, name=spec["name"], source="explicit",
+                                             qga_socket=spec.get("qga_socket") or match.qga_socket))
     return endpoints

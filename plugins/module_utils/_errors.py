@@ -41,7 +41,11 @@ class MissingDependencyError(CprError):
     """A Python library the engine needs is not installed on the host."""
 
 
-class SelectionError(CprError):
+class OptionError(CprError):
+    """An option's value cannot work (a timeout that is not a positive number, say)."""
+
+
+class SelectionError(OptionError):
     """The VM selection (names, explicit list, JMESPath query) is invalid."""
 
 

@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, read_argv
+from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import redact
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, endpoint_of, read_argv
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CommandFailedError, CprError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import MemoryBackend, QemuBackend, classify
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession, open_agent, open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import binary_problem
 
 MIN_QEMU_CPR = (8, 2, 0)
 MIN_QEMU_VFIO = (9, 0, 0)
@@ -56,15 +58,9 @@ class CprVerdict:
 
 
 @dataclass
-class VmFacts:
-    """What hypervisor.cpr knows about one VM."""
+class VmFacts(VmEndpoint):
+    """What hypervisor.cpr knows about one VM: how to reach it (VmEndpoint), and what QEMU said."""
 
-    name: str
-    qmp_socket: str
-    qga_socket: Optional[str]
-    source: str
-    pid: Optional[int] = None
-    argv: List[str] = field(default_factory=list)
     runstate: Optional[str] = None
     qemu_version: Optional[str] = None
     machine_type: Optional[str] = None
@@ -84,7 +80,8 @@ class VmFacts:
         return version_tuple(self.qemu_version)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The facts as results and queries see them: secrets on the command line hidden."""
+        return dict(asdict(self), argv=redact(self.argv))
 
 
 def version_tuple(version: Optional[str]) -> Tuple[int, ...]:
@@ -122,8 +119,8 @@ def ram_plan(backends: Sequence[MemoryBackend], ignore_shared: Optional[bool]) -
 
 def verdict(facts: VmFacts, reboot: str = "kexec", ignore_shared: Optional[bool] = None) -> CprVerdict:
     """Every reason a VM cannot be saved with cpr-reboot for the planned reboot."""
-    if facts.error:
-        return CprVerdict(False, reboot, False, 0, [facts.error])
+    if facts.error or facts.problem:
+        return CprVerdict(False, reboot, False, 0, [reason for reason in (facts.problem, facts.error) if reason])
     reasons: List[str] = []
     version = facts.version_tuple
     if version < MIN_QEMU_CPR:
@@ -276,14 +273,17 @@ class FactsOptions:
 
 
 async def gather(endpoint: VmEndpoint, options: FactsOptions) -> VmFacts:
-    """Read every fact of one VM; an unreachable VM comes back with its error set."""
-    facts = VmFacts(endpoint.name, endpoint.qmp_socket, endpoint.qga_socket, endpoint.source,
-                    pid=endpoint.pid, argv=endpoint.argv)
+    """Read every fact of one VM; an unreachable VM comes back with its error set.
+
+    A QEMU another manager runs, or that has no QMP socket, is not asked at all: its monitor is not ours.
+    """
+    facts = VmFacts(**{f.name: getattr(endpoint, f.name) for f in fields(VmEndpoint)})
+    if endpoint.qmp_socket is None or endpoint.managed_by != "none":
+        facts.cpr = verdict(facts, options.reboot, options.ignore_shared)
+        return facts
     try:
         async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=options.timeout) as session:
-            facts.pid = session.pid or facts.pid
-            if facts.pid and not facts.argv:
-                facts.argv = read_argv(facts.pid)
+            _check_peer(facts, session.pid)
             version = await session.execute("query-version")
             facts.qemu_version = "{major}.{minor}.{micro}".format(**version["qemu"])
             facts.runstate = (await session.execute("query-status"))["status"]
@@ -302,6 +302,20 @@ async def gather(endpoint: VmEndpoint, options: FactsOptions) -> VmFacts:
         facts.agent = AgentFacts(socket=endpoint.qga_socket)
     facts.cpr = verdict(facts, options.reboot, options.ignore_shared)
     return facts
+
+
+def _check_peer(facts: VmFacts, peer: Optional[int]) -> None:
+    """The process at the other end of the QMP socket must be the VM's QEMU; one given explicitly is adopted."""
+    if facts.pid is None and peer:
+        process = endpoint_of(peer, read_argv(peer))
+        facts.pid, facts.argv, facts.exe, facts.credentials, facts.unit = (
+            peer, process.argv, process.exe, process.credentials, process.unit)
+        facts.managed_by, facts.recognised_by = process.managed_by, process.recognised_by
+        facts.problem = process.problem if process.managed_by != "none" else (
+            binary_problem(process.exe) if process.credentials else "its credentials cannot be read from /proc")
+    elif facts.pid and peer and peer != facts.pid:
+        facts.problem = (f"the process at the other end of its QMP socket {facts.qmp_socket} is pid {peer}, not its "
+                         f"QEMU (pid {facts.pid}): something else took the socket's path")
 
 
 async def gather_all(selected: List[VmEndpoint], options: FactsOptions) -> List[VmFacts]:

@@ -4,7 +4,8 @@
 
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use it from other collections or standalone plugins/modules.
-"""What a hypervisor runs and has installed: its kernel, boot id, the kernels in /boot, kexec and systemd."""
+"""What a hypervisor runs and has installed: its kernel, boot id, the kernels in /boot, kexec and systemd; and which
+process is which, across pid reuse and reboots."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 BOOT_DIR = "/boot"
@@ -24,6 +26,78 @@ SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin"
 def boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as handle:
         return handle.read().strip()
+
+
+def process_start(pid: int) -> Optional[int]:
+    """When a process started, in clock ticks since boot (/proc/<pid>/stat field 22); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # Fields after the command: state is field 3, starttime field 22.
+    return int(fields[19]) if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def process_identity(pid: int) -> Dict[str, Any]:
+    """What tells this process apart from any other, even one that reuses its pid later or on another boot."""
+    return {"pid": pid, "start_time": process_start(pid), "boot_id": boot_id()}
+
+
+def is_running(identity: Optional[Dict[str, Any]]) -> bool:
+    """Whether the process an identity was taken of still runs (same boot, same pid, same start)."""
+    if not identity or not identity.get("pid") or identity.get("boot_id") != boot_id():
+        return False
+    return process_start(int(identity["pid"])) == identity.get("start_time")
+
+
+def started_at(identity: Dict[str, Any]) -> Optional[float]:
+    """When the process of an identity taken on this boot started, in seconds since the epoch."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + identity["start_time"] / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, KeyError, TypeError, ValueError):
+        return None
+
+
+def unit_of(pid: int, cgroup: Optional[str] = None) -> Optional[str]:
+    """The systemd unit (service or scope) a process runs in, from /proc/<pid>/cgroup; None outside one."""
+    if cgroup is None:
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8") as handle:
+                cgroup = handle.read()
+        except OSError:
+            return None
+    for line in cgroup.splitlines():
+        # cgroup v2: "0::/system.slice/qemu@web1.service"; v1: "1:name=systemd:/machine.slice/machine-qemu.scope".
+        # A user's own units and sessions (user.slice) are not the system's: not counted.
+        hierarchy, _sep, path = line.partition(":")[2].partition(":")
+        if hierarchy not in ("", "name=systemd") or path.startswith("/user.slice/"):
+            continue
+        units = [part for part in path.split("/") if part.endswith((".service", ".scope"))]
+        if units:
+            return units[-1]
+    return None
+
+
+def parent_of(pid: int) -> Optional[Tuple[int, str]]:
+    """(pid, command name) of a process's parent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/comm", encoding="utf-8") as handle:
+            return ppid, handle.read().strip()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def describe_process(pid: int) -> str:
+    """pid, start time and unit, for a message that names a process an operator must deal with."""
+    when = started_at(process_identity(pid))
+    unit = unit_of(pid)
+    return (f"pid {pid}" + (time.strftime(", started %Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if when else "")
+            + (f", in systemd unit {unit}" if unit else ""))
 
 
 def systemd_runs_host() -> bool:

@@ -17,15 +17,24 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate, wait_agent, wait_runstate, wake_guest
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import (
+    boot_id,
+    describe_process,
+    is_running,
+    process_identity,
+    unit_of,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest
 from ansible_collections.hypervisor.cpr.plugins.module_utils._migration import load
+from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import restore_argv
 from ansible_collections.hypervisor.cpr.plugins.module_utils._process import (
+    Command,
     Launched,
-    restore_argv,
     start_qemu,
     start_unit,
     systemd_unit_name,
@@ -48,8 +57,9 @@ class Launcher:
         if self.mode == "systemd":
             # The operator's unit runs the recorded command line with -incoming defer itself (see cpr_restore's docs).
             return start_unit(manifest.name, systemd_unit_name(self.unit, manifest.name), manifest.qmp_socket)
-        return start_qemu(manifest.name, restore_argv(manifest.argv, manifest.machine_type), manifest.cwd,
-                          manifest.qmp_socket, state_dir)
+        command = Command.recorded(restore_argv(manifest.argv, manifest.machine_type), manifest.cwd,
+                                   manifest.credentials)
+        return start_qemu(manifest.name, command, manifest.qmp_socket, state_dir)
 
 
 async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher, timeout: float,
@@ -62,11 +72,18 @@ async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher
     name = manifest.name
     launched = Launched(name, manifest.qmp_socket) if waiting else await asyncio.to_thread(
         launcher.start, manifest, state_dir)
+    if not waiting:
+        # Recorded before the wait: whatever else starts a QEMU of this name is not taken for this one.
+        state_dir.write_restoring(name, _launch_record(launched))
     async with contextlib.AsyncExitStack() as stack:
         session = await wait_for_qmp(launched, state_dir, timeout, stack)
         pid = session.pid
+        if not waiting and pid and (launched.child is None or launched.child.pid != pid):
+            # Started by systemd: the QEMU that answers is the one in the unit we started.
+            state_dir.write_restoring(name, dict(_launch_record(launched), **process_identity(pid)))
         try:
-            await load(session, (manifest.capabilities, manifest.parameters), manifest.state_file, timeout)
+            await load(session, (manifest.capabilities, manifest.parameters),
+                       state_dir.open_state(name, write=False), timeout)
         except CprError as exc:
             with contextlib.suppress(CprError):
                 await session.execute("quit")
@@ -88,3 +105,37 @@ async def settle(manifest: Manifest, timeout: float) -> None:
     """Wait for the guest agent of a VM back in its runstate, where it answered before the save."""
     if manifest.agent_answered and manifest.runstate_after == "running" and manifest.qga_socket:
         await wait_agent(manifest.name, manifest.qga_socket, timeout)
+
+
+def _launch_record(launched: Launched) -> Dict[str, Any]:
+    process = process_identity(launched.child.pid) if launched.child is not None else {"boot_id": boot_id()}
+    return dict(process, unit=launched.unit)
+
+
+def is_saved_qemu(manifest: Manifest, endpoint: VmEndpoint) -> bool:
+    """Whether a running QEMU of the VM's name is the very one that was saved (an earlier run did not quit it)."""
+    return bool(endpoint.pid) and is_running(manifest.qemu_process) and manifest.qemu_process["pid"] == endpoint.pid
+
+
+def started_by_restore(state_dir: StateDir, name: str, endpoint: VmEndpoint) -> bool:
+    """Whether a running QEMU of the VM's name is the one a restore started for it (by pid, or by its unit)."""
+    record = state_dir.read_restoring(name)
+    if not record or not endpoint.pid:
+        return False
+    if record.get("pid") == endpoint.pid and is_running(record):
+        return True
+    return bool(record.get("unit")) and record.get("boot_id") == boot_id() and unit_of(endpoint.pid) == record["unit"]
+
+
+def not_ours(manifest: Manifest, endpoint: VmEndpoint) -> CprError:
+    """The error for a QEMU of a saved VM's name that neither was saved nor was started by a restore."""
+    return CprError(
+        f"a QEMU of this name runs that no restore started ({describe_process(endpoint.pid or 0)}): something "
+        "started the VM cold from its command line (a unit enabled at boot, a hypervisor manager, or by hand), so it is "
+        "not the saved VM", manifest.name,
+        hint="its saved state and manifest are kept. " + (
+            "Its RAM was kept in place, which that cold boot has written over: the saved state cannot be restored "
+            "any more; keep the running VM and remove the manifest and state file, or stop it and restore from a copy"
+            if manifest.ram_in_place else
+            "Stop that QEMU and what starts it (disable its unit or the manager's autostart), then run cpr_restore "
+            "again; or keep it and remove the manifest and state file"))

@@ -58,6 +58,12 @@ class Manifest:
     saved_at: float = 0.0
     # Seconds from QEMU's migrate command to the state file synced and checksummed.
     save_seconds: float = 0.0
+    # The QEMU that was saved (pid, start time, boot id): a running QEMU of the VM's name is it only if it matches.
+    qemu_process: Dict[str, Any] = field(default_factory=dict)
+    # Who it ran as (uid, gid, groups): the restore starts it as the same user.
+    credentials: Dict[str, Any] = field(default_factory=dict)
+    # The systemd unit kept from starting it cold while it is saved; the restore releases it.
+    held_unit: Optional[str] = None
     format: int = FORMAT_VERSION
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +109,8 @@ class StopRecord:
     agent_answered: bool
     how: str
     stopped_at: float = field(default_factory=time.time)
+    # Who it ran as (uid, gid, groups): it is started again as the same user.
+    credentials: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

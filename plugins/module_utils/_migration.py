@@ -9,10 +9,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CommandFailedError, NotAnsweringError, NotReadyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    CommandFailedError,
+    CprError,
+    NotAnsweringError,
+    NotReadyError,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import VmFacts, version_tuple
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import poll
@@ -97,8 +104,30 @@ async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict
         hint="raise timeout if the state is large and the disk slow"))
 
 
-async def load(session: QmpSession, settings: Settings, state_file: str, timeout: float) -> None:
+async def hand_over(session: QmpSession, descriptor: int) -> str:
+    """Give QEMU an open state file (add-fd) and return the URI it migrates to or from; ours is closed.
+
+    QEMU never opens a path of the state directory itself, so nothing can swap the file under it, and a QEMU
+    that runs as another user needs no access to the directory.
+    """
+    try:
+        session.client.send_fd_scm(descriptor)
+        fdset = (await session.execute("add-fd"))["fdset-id"]
+    finally:
+        os.close(descriptor)
+    return f"file:/dev/fdset/{fdset}"
+
+
+async def release(session: QmpSession, uri: str) -> None:
+    """Let QEMU close a state file it was handed, once the migration is over."""
+    with contextlib.suppress(CprError):
+        await session.execute("remove-fd", {"fdset-id": int(uri.rsplit("/", 1)[1])})
+
+
+async def load(session: QmpSession, settings: Settings, descriptor: int, timeout: float) -> None:
     """Load a state file into a QEMU started with -incoming defer, with the settings it was saved with."""
     await apply(session, settings)
-    await session.execute("migrate-incoming", {"uri": f"file:{state_file}"})
+    uri = await hand_over(session, descriptor)
+    await session.execute("migrate-incoming", {"uri": uri})
     await wait_migration(session, timeout, "the restore")
+    await release(session, uri)

@@ -35,7 +35,8 @@ SELECTION_SPEC: Dict[str, Any] = dict(
     timeout=dict(type="float", default=10.0),
 )
 
-STATE_DIR_SPEC: Dict[str, Any] = dict(state_dir=dict(type="path", default=DEFAULT_STATE_DIR))
+# Matches doc fragment hypervisor.cpr.state_dir (run_lock documents its own run_id, which it requires).
+STATE_DIR_SPEC: Dict[str, Any] = dict(state_dir=dict(type="path", default=DEFAULT_STATE_DIR), run_id=dict(type="str"))
 
 
 def selection(module: AnsibleModule) -> Selection:
@@ -57,9 +58,11 @@ def auto_or_bool(module: AnsibleModule, option: str) -> Optional[bool]:
 
 
 def run(module: AnsibleModule, action: Callable[[], Dict[str, Any]]) -> None:
-    """Run one engine call and report its result, or its error with the VM it names."""
+    """Run one engine call and report its result, or its error with the VM it names; its warnings become Ansible's."""
     try:
         result = action()
     except CprError as exc:
         module.fail_json(msg=str(exc), vm=exc.vm, **exc.result)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)

@@ -19,9 +19,9 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, discover
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
     CprError,
@@ -33,9 +33,9 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import Facts
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import wait_agent
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import StopRecord, check_name
 from ansible_collections.hypervisor.cpr.plugins.module_utils._process import (
+    Command,
     Launched,
     alive,
-    process_cwd,
     quit_qemu,
     start_qemu,
     stop_record,
@@ -48,9 +48,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import (
     open_agent,
     open_qmp,
 )
-from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection, running, select_held, select_vms
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection, running, select_endpoints, select_held, select_vms, some_names
+from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import check_run
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
-from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import poll
+from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout, poll
 
 # How a guest is asked to power off: through its agent when it answers, else the ACPI power button.
 HOW_AGENT = "guest-shutdown"
@@ -71,30 +72,51 @@ class PowerResult:
 # --------------------------------------------------------------------------- stop
 
 
-def stop(selection: Selection, state_dir_path: str, timeout: float = 300.0, check_mode: bool = False) -> Dict[str, Any]:
+def stop(selection: Selection, state_dir_path: str, timeout: float = 300.0, check_mode: bool = False,
+         run_id: Optional[str] = None) -> Dict[str, Any]:
     """Shut the selected guests down cleanly, recording how to start each again."""
-    state_dir = StateDir.open(state_dir_path, create=not check_mode)
+    check_timeout(timeout)
+    with StateDir.open(state_dir_path) as state_dir:
+        if check_mode:
+            return _planned(*_to_stop(state_dir, selection))
+        if not state_dir.exists:
+            # Nothing shut down yet: a selection that names no VM is refused before the directory is made.
+            if not select_endpoints(running(selection), selection.names):
+                return _planned([], [])
+            state_dir.create()
+        with state_dir.lock():
+            check_run(state_dir, run_id)
+            unchanged, facts = _to_stop(state_dir, selection)
+            if not facts:
+                return _planned(unchanged, facts)
+
+            async def stop_all() -> List[Any]:
+                return list(await asyncio.gather(*(_stop_one(f, state_dir, timeout) for f in facts),
+                                                 return_exceptions=True))
+
+            results = asyncio.run(stop_all())
+    return _report(unchanged, results, [f.name for f in facts], "shut down")
+
+
+def _to_stop(state_dir: StateDir, selection: Selection) -> Tuple[List[PowerResult], List[VmFacts]]:
+    """(the VMs an earlier call shut down and nobody started since, the facts of those to shut down now)."""
     records = {r.name: r for r in state_dir.stop_records()}
     running_names = {e.name for e in running(selection)}
-    # Shut down by an earlier call and not started since: nothing to do.
     already = [n for n in (selection.names or []) if n in records and n not in running_names]
     facts = select_vms(selection, FactsOptions(CONNECT_TIMEOUT, reboot="none"), held=already)
     problems = [problem for problem in map(_why_not_stoppable, facts) if problem]
     if problems:
         raise NotReadyError("; ".join(problems), hint="nothing was shut down")
-    unchanged = [PowerResult(n, False, records[n].how, 0.0) for n in already]
-    if check_mode or not facts:
-        return {"changed": bool(facts), "vms": [asdict(r) for r in unchanged], "would_change": [f.name for f in facts]}
+    return [PowerResult(n, False, records[n].how, 0.0) for n in already], facts
 
-    async def stop_all() -> List[Any]:
-        return list(await asyncio.gather(*(_stop_one(f, state_dir, timeout) for f in facts), return_exceptions=True))
 
-    with state_dir.lock():
-        results = asyncio.run(stop_all())
-    return _report(unchanged, results, [f.name for f in facts], "shut down")
+def _planned(unchanged: List[PowerResult], facts: List[VmFacts]) -> Dict[str, Any]:
+    return {"changed": bool(facts), "vms": [asdict(r) for r in unchanged], "would_change": [f.name for f in facts]}
 
 
 def _why_not_stoppable(facts: VmFacts) -> Optional[str]:
+    if facts.problem:
+        return f"VM {facts.name}: {facts.problem}"
     if facts.error:
         return facts.error
     check_name(facts.name)
@@ -111,7 +133,7 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
     started = time.monotonic()
     how = HOW_AGENT if facts.agent.answering and facts.qga_socket else HOW_ACPI
     # Written first: a run that dies while the guest powers off still knows how to start it.
-    state_dir.write_stopped(stop_record(facts, process_cwd(facts.pid), bool(facts.agent.answering), how))
+    state_dir.write_stopped(stop_record(facts, bool(facts.agent.answering), how))
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(open_qmp(facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT))
@@ -180,24 +202,31 @@ def _report(unchanged: List[PowerResult], results: List[Any], planned: List[str]
 
 
 def start(state_dir_path: str, names: Optional[List[str]] = None, timeout: float = 300.0,
-          wait_for_agent: bool = True, check_mode: bool = False) -> Dict[str, Any]:
+          wait_for_agent: bool = True, check_mode: bool = False, run_id: Optional[str] = None) -> Dict[str, Any]:
     """Start again every VM recorded as shut down (or the named ones)."""
-    state_dir = StateDir.open(state_dir_path, create=False)
-    running = {e.name: e for e in discover()}
-    records = select_held(state_dir.stop_records(), names, running, lambda unknown: CprError(
-        f"no record in {state_dir.path} of a shut-down VM, and no running VM, for {', '.join(unknown)}",
-        hint="check the names and state_dir"))
-    planned = [r.name for r in records if r.name not in running]
-    if check_mode or not records:
-        return {"changed": bool(planned), "vms": [], "would_change": planned}
+    check_timeout(timeout)
+    with StateDir.open(state_dir_path) as state_dir:
+        if check_mode or not state_dir.exists:
+            records, running = _to_start(state_dir, names)
+            return {"changed": any(r.name not in running for r in records), "vms": [],
+                    "would_change": [r.name for r in records if r.name not in running]}
+        with state_dir.lock():
+            check_run(state_dir, run_id)
+            records, running = _to_start(state_dir, names)
 
-    async def start_all() -> List[Any]:
-        return list(await asyncio.gather(*(_start_one(r, state_dir, timeout, wait_for_agent, running.get(r.name))
-                                           for r in records), return_exceptions=True))
+            async def start_all() -> List[Any]:
+                return list(await asyncio.gather(*(_start_one(r, state_dir, timeout, wait_for_agent,
+                                                              running.get(r.name)) for r in records),
+                                                 return_exceptions=True))
 
-    with state_dir.lock():
-        results = asyncio.run(start_all())
+            results = asyncio.run(start_all()) if records else []
     return _report([], results, [r.name for r in records], "started")
+
+
+def _to_start(state_dir: StateDir, names: Optional[List[str]]) -> Tuple[List[StopRecord], Dict[str, VmEndpoint]]:
+    return select_held(state_dir.stop_records(), names, lambda unknown: CprError(
+        f"no record in {state_dir.path} of a shut-down VM, and no running VM, for {some_names(unknown)}",
+        hint="check the names and state_dir"))
 
 
 async def _start_one(record: StopRecord, state_dir: StateDir, timeout: float, wait_for_agent: bool,
@@ -205,7 +234,8 @@ async def _start_one(record: StopRecord, state_dir: StateDir, timeout: float, wa
     started = time.monotonic()
     # Started by an earlier call that stopped before removing the record: it only needs its record removed.
     launched = (Launched(record.name, record.qmp_socket) if existing else
-                start_qemu(record.name, record.argv, record.cwd, record.qmp_socket, state_dir))
+                start_qemu(record.name, Command.recorded(record.argv, record.cwd, record.credentials),
+                           record.qmp_socket, state_dir))
     async with contextlib.AsyncExitStack() as stack:
         session = await wait_for_qmp(launched, state_dir, timeout, stack)
         pid = session.pid

@@ -4,8 +4,8 @@
 
 # Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 # Do not use it from other collections or standalone plugins/modules.
-"""QEMU processes: start one so that it outlives the module, wait for it to answer or to end, tell it to quit;
-and the command lines a restart runs.
+"""QEMU processes: start one so that it outlives the module, as the user it ran as and only from a binary root could
+have put there; wait for it to answer or to end; tell it to quit.
 """
 
 from __future__ import annotations
@@ -17,57 +17,66 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import fresh_argv
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotAnsweringError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import VmFacts
 from ansible_collections.hypervisor.cpr.plugins.module_utils._host import systemd_runs_host
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import StopRecord
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import Credentials, binary_problem
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import poll
 
 # One try to reach a starting QEMU's monitor waits this long at most; the caller's timeout bounds the whole wait.
 QMP_TRY_SECONDS = 5.0
 
 
-# --------------------------------------------------------------------------- command lines
+# --------------------------------------------------------------------------- commands
 
 
-def fresh_argv(argv: List[str]) -> List[str]:
-    """A recorded argv without -incoming (a QEMU restored before carries one) and -S (it would stay paused)."""
-    fresh: List[str] = []
-    index = 0
-    while index < len(argv):
-        option = argv[index].lstrip("-") if argv[index].startswith("-") else None
-        if option == "incoming":
-            index += 2
-        elif option == "S":
-            index += 1
-        else:
-            fresh.append(argv[index])
-            index += 1
-    return fresh
+@dataclass(frozen=True)
+class Command:
+    """What starting a VM's QEMU runs: the command line (argv[0] the binary its process ran), where, and as whom."""
+
+    argv: List[str]
+    cwd: str
+    # None: whoever runs the engine (a record written before credentials were recorded).
+    credentials: Optional[Credentials] = None
+
+    @classmethod
+    def of(cls, facts: VmFacts) -> "Command":
+        """The command that started a running VM's QEMU, its binary taken from /proc, not from argv[0]."""
+        argv = [facts.exe or facts.argv[0], *facts.argv[1:]] if facts.argv else []
+        return cls(argv, process_cwd(facts.pid), facts.credentials)
+
+    @classmethod
+    def recorded(cls, argv: List[str], cwd: str, credentials: Dict[str, Any]) -> "Command":
+        return cls(argv, cwd, Credentials.from_dict(credentials) if credentials else None)
+
+    def checked(self, name: str) -> "Command":
+        """This command, if its binary is still one only root could have put there; else refused."""
+        binary = self.argv[0] if self.argv else ""
+        if binary and not os.path.lexists(binary):
+            raise CprError(f"the new QEMU cannot be started: No such file or directory: {binary}", name,
+                           hint="the QEMU binary recorded is gone; reinstall it, then run again (the saved state and "
+                           "its records are kept)")
+        problem = binary_problem(binary)
+        if problem is not None:
+            raise CprError(problem, name, hint="reinstall QEMU from the distribution, then run again; the saved "
+                           "state and its records are kept")
+        return self
+
+    def with_argv(self, argv: List[str]) -> "Command":
+        return Command(argv, self.cwd, self.credentials)
 
 
-def restore_argv(argv: List[str], machine_type: str) -> List[str]:
-    """The recorded argv with the machine type pinned, any -S and old -incoming removed, -incoming defer added."""
-    old = fresh_argv(argv)
-    pinned: List[str] = []
-    index = 0
-    while index < len(old):
-        # A VM restored before already carries the pin; do not stack another.
-        if old[index] in ("-machine", "--machine", "-M") and index + 1 < len(old) and old[index + 1] == machine_type:
-            index += 2
-        else:
-            pinned.append(old[index])
-            index += 1
-    return pinned + ["-machine", machine_type, "-incoming", "defer"]
-
-
-def stop_record(facts: VmFacts, cwd: str, agent_answered: bool, how: str) -> StopRecord:
+def stop_record(facts: VmFacts, agent_answered: bool, how: str) -> StopRecord:
     """What vm_power state=started needs to boot a VM again: its command line as it would start afresh."""
-    return StopRecord(facts.name, fresh_argv(facts.argv), cwd, facts.qmp_socket, facts.qga_socket, agent_answered, how)
+    command = Command.of(facts)
+    return StopRecord(facts.name, fresh_argv(command.argv), command.cwd, facts.qmp_socket or "", facts.qga_socket,
+                      agent_answered, how, credentials=facts.credentials.to_dict() if facts.credentials else {})
 
 
 def process_cwd(pid: Optional[int]) -> str:
@@ -94,9 +103,18 @@ def systemctl_start_command(unit: str) -> List[str]:
     return ["systemctl", "start", unit]
 
 
-def systemd_run_command(unit: str, argv: List[str], cwd: str) -> List[str]:
-    """QEMU as a transient service: systemd supervises it, and it outlives this process (--collect: no failed leftover)."""
-    return ["systemd-run", f"--unit={unit}", "--collect", f"--working-directory={cwd}", "--", *argv]
+def systemd_run_command(unit: str, command: Command) -> List[str]:
+    """QEMU as a transient service: systemd supervises it, and it outlives this process (--collect: no failed leftover).
+
+    It runs as the user its QEMU ran as, with that user's groups.
+    """
+    user: List[str] = []
+    credentials = command.credentials
+    if credentials is not None and credentials.uid != os.geteuid():
+        user = [f"--uid={credentials.uid}", f"--gid={credentials.gid}",
+                f"--property=SupplementaryGroups={' '.join(map(str, credentials.groups))}"]
+    return ["systemd-run", f"--unit={unit}", "--collect", f"--working-directory={command.cwd}", *user, "--",
+            *command.argv]
 
 
 def _systemd_run_available() -> bool:
@@ -113,13 +131,17 @@ class Launched:
     unit: Optional[str] = None
 
 
-def start_qemu(name: str, argv: List[str], cwd: str, qmp_socket: str, state_dir: StateDir) -> Launched:
-    """Start QEMU with this argv so that it outlives this process: a transient unit under systemd, else detached."""
+def start_qemu(name: str, command: Command, qmp_socket: str, state_dir: StateDir) -> Launched:
+    """Start QEMU so that it outlives this process: a transient unit under systemd, else detached.
+
+    Its binary is checked first: only what root could have put there is started.
+    """
+    command = command.checked(name)
     if _systemd_run_available():
         unit = transient_unit_name(name, time.time())
-        run_starter(systemd_run_command(unit, argv, cwd), name)
+        run_starter(systemd_run_command(unit, command), name)
         return Launched(name, qmp_socket, unit=unit)
-    return Launched(name, qmp_socket, child=spawn_detached(name, argv, cwd, state_dir))
+    return Launched(name, qmp_socket, child=spawn_detached(name, command, state_dir))
 
 
 def start_unit(name: str, unit: str, qmp_socket: str) -> Launched:
@@ -137,14 +159,18 @@ def run_starter(command: List[str], name: str) -> None:
                        hint="its record in the state directory is kept; fix the cause and run again") from None
 
 
-def spawn_detached(name: str, argv: List[str], cwd: str, state_dir: StateDir) -> subprocess.Popen:
-    """QEMU in a session of its own, its output in the VM's log in the state directory."""
+def spawn_detached(name: str, command: Command, state_dir: StateDir) -> subprocess.Popen:
+    """QEMU in a session of its own, as the user it ran as, its output in the VM's log in the state directory."""
+    user: Dict[str, Any] = {}
+    credentials = command.credentials
+    if credentials is not None and credentials.uid != os.geteuid():
+        user = {"user": credentials.uid, "group": credentials.gid, "extra_groups": credentials.groups}
     try:
         with state_dir.open_log(name) as log:
-            return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+            return subprocess.Popen(command.argv, cwd=command.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, **user)
     except OSError as exc:
-        raise CprError(f"the new QEMU cannot be started: {exc.strerror}: {exc.filename or argv[0]}", name,
+        raise CprError(f"the new QEMU cannot be started: {exc.strerror}: {exc.filename or command.argv[0]}", name,
                        hint="the QEMU binary or working directory recorded in the manifest is gone; reinstall it, "
                        "then run cpr_restore again (the state file and manifest are kept)") from None
 

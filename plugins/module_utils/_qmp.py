@@ -119,9 +119,11 @@ HANDSHAKE_ATTEMPTS = 3
 
 
 @contextlib.asynccontextmanager
-async def open_qmp(path: str, *, vm: str, timeout: float) -> AsyncIterator[QmpSession]:
+async def open_qmp(path: Optional[str], *, vm: str, timeout: float) -> AsyncIterator[QmpSession]:
     """Open a QMP session (greeting and capabilities negotiation included)."""
     require_qemu_qmp()
+    if path is None:
+        raise SocketMissingError("its QEMU has no QMP socket", vm, hint="give its socket explicitly in vms")
     for attempt in range(1, HANDSHAKE_ATTEMPTS + 1):
         try:
             client, pid = await _qmp_handshake(path, vm=vm, timeout=timeout)

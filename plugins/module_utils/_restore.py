@@ -19,16 +19,26 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, discover
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, ManifestError, raise_failures
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate, wake_guest
-from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher, bring_back, settle
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import (
+    Launcher,
+    bring_back,
+    is_saved_qemu,
+    not_ours,
+    settle,
+    started_by_restore,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import CONNECT_TIMEOUT, open_qmp
-from ansible_collections.hypervisor.cpr.plugins.module_utils._select import select_held
+from ansible_collections.hypervisor.cpr.plugins.module_utils._select import select_held, some_names
+from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import check_run
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._units import release
+from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
 
 
 @dataclass(frozen=True)
@@ -60,27 +70,27 @@ class RestoreResult:
 
 
 def restore(state_dir_path: str, names: Optional[List[str]] = None, options: RestoreOptions = RestoreOptions(),
-            check_mode: bool = False) -> Dict[str, Any]:
+            check_mode: bool = False, run_id: Optional[str] = None) -> Dict[str, Any]:
     """Restore every saved VM (or the named ones); return what the cpr_restore module reports."""
-    state_dir = StateDir.open(state_dir_path, create=False)
-    running = {e.name: e for e in discover()}
-    manifests = select_held(state_dir.manifests(), names, running, lambda unknown: ManifestError(
-        f"no manifest in {state_dir.path} and no running VM for {', '.join(unknown)}",
-        hint="check the names and state_dir"))
+    check_timeout(options.timeout)
+    with StateDir.open(state_dir_path) as state_dir:
+        if check_mode or not state_dir.exists:
+            manifests, running = _select(state_dir, names)
+            if check_mode and options.verify_checksum:
+                for manifest in manifests:
+                    if manifest.name not in running:
+                        state_dir.verify_state(manifest)
+            return {"changed": bool(manifests), "vms": [], "would_restore": [m.name for m in manifests]}
+        with state_dir.lock():
+            check_run(state_dir, run_id)
+            manifests, running = _select(state_dir, names)
+
+            async def restore_all() -> List[Any]:
+                return list(await asyncio.gather(*(_restore_one(m, state_dir, options, running.get(m.name))
+                                                   for m in manifests), return_exceptions=True))
+
+            results = asyncio.run(restore_all()) if manifests else []
     planned = [m.name for m in manifests]
-    if check_mode or not manifests:
-        if check_mode and options.verify_checksum:
-            for manifest in manifests:
-                if manifest.name not in running:
-                    state_dir.verify_state(manifest)
-        return {"changed": bool(manifests), "vms": [], "would_restore": planned}
-
-    async def restore_all() -> List[Any]:
-        return list(await asyncio.gather(*(_restore_one(m, state_dir, options, running.get(m.name))
-                                           for m in manifests), return_exceptions=True))
-
-    with state_dir.lock():
-        results = asyncio.run(restore_all())
     done = [asdict(r) for r in results if isinstance(r, RestoreResult)]
     detail = {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": planned}
     raise_failures(planned, results, detail, "Restored",
@@ -88,16 +98,25 @@ def restore(state_dir_path: str, names: Optional[List[str]] = None, options: Res
     return detail
 
 
+def _select(state_dir: StateDir, names: Optional[List[str]]) -> Tuple[List[Manifest], Dict[str, VmEndpoint]]:
+    """The manifests to restore (every one, or the named ones) and the running VMs by name."""
+    return select_held(state_dir.manifests(), names, lambda unknown: ManifestError(
+        f"no manifest in {state_dir.path} and no running VM for {some_names(unknown)}",
+        hint="check the names and state_dir"))
+
+
 async def _restore_one(manifest: Manifest, state_dir: StateDir, options: RestoreOptions,
                        existing: Optional[VmEndpoint]) -> RestoreResult:
     started = time.monotonic()
     waiting = False
     if existing is not None:
-        async with open_qmp(existing.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
-            state = await runstate(session)
-        if state == "postmigrate":
+        if is_saved_qemu(manifest, existing):
             raise CprError("the QEMU that was saved is still running (postmigrate)", manifest.name,
                            hint="it was saved with quit=false: quit it (QMP quit) before restoring")
+        if not started_by_restore(state_dir, manifest.name, existing):
+            raise not_ours(manifest, existing)
+        async with open_qmp(existing.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
+            state = await runstate(session)
         if state != "inmigrate":
             # An earlier run restored it and stopped before cleaning up.
             return await _finish(manifest, state_dir, options, started, existing.pid)
@@ -126,6 +145,9 @@ async def _finish(manifest: Manifest, state_dir: StateDir, options: RestoreOptio
         raise CprError(f"after the restore the VM is {state}, not {manifest.runstate_after} as before the save",
                        manifest.name, hint="the state file and manifest are kept; inspect the VM")
     back_at = back_at or time.time()
+    if manifest.held_unit:
+        # Back from its saved state: its service may start it again from now on.
+        await asyncio.to_thread(release, [manifest.held_unit])
     await settle(manifest, options.timeout)
     await asyncio.to_thread(state_dir.keep_restored if options.keep_state else state_dir.remove_saved, manifest.name)
     return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, back_at - manifest.paused_at,

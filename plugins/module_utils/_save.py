@@ -26,6 +26,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import Vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotReadyError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import SAVABLE_RUNSTATES, FactsOptions, VmFacts, gather_all
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import is_saved_qemu, not_ours, started_by_restore
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import check_name
 from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import filesystem_of
 from ansible_collections.hypervisor.cpr.plugins.module_utils._process import quit_qemu
@@ -37,7 +38,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._select import (
     running,
     select_endpoints,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import check_run
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._units import unheld_launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
 
 # Device state (everything but guest RAM) stays well below this per VM.
 DEVICE_STATE_MARGIN = 64 << 20
@@ -57,32 +61,56 @@ class _Plan:
     # Saved now.
     to_save: List[VmFacts] = field(default_factory=list)
 
+    @property
+    def changes(self) -> bool:
+        return bool(self.to_save or self.unquit or self.to_seal or self.stale)
+
+    @property
+    def would_save(self) -> List[str]:
+        return [f.name for f in self.to_save]
+
 
 def save(selection: Selection, state_dir_path: str, options: SaveOptions = SaveOptions(),
-         check_mode: bool = False) -> Dict[str, Any]:
-    """Save the selected VMs; return what the cpr_save module reports."""
+         check_mode: bool = False, run_id: Optional[str] = None) -> Dict[str, Any]:
+    """Save the selected VMs; return what the cpr_save module reports.
+
+    Everything is checked before the state directory is created or any VM touched; the work is done under the
+    directory's flock, for the run that holds the host (run_id) if one does.
+    """
     expression = compile_query(selection.query)
-    state_dir = StateDir.open(state_dir_path, create=not check_mode)
+    check_timeout(options.timeout)
+    with StateDir.open(state_dir_path) as state_dir:
+        if check_mode:
+            plan = _checked_plan(state_dir, selection, options, expression)
+            earlier = plan.earlier + [_unquit_result(state_dir, e.name, False) for e in plan.unquit]
+            return {"changed": plan.changes, "vms": [asdict(r) for r in earlier], "would_save": plan.would_save}
+        if not state_dir.exists:
+            # Nothing saved yet: a selection that names no VM is refused before the directory is made.
+            if not select_endpoints(running(selection), selection.names):
+                return {"changed": False, "vms": [], "would_save": []}
+            state_dir.create()
+        with state_dir.lock():
+            check_run(state_dir, run_id)
+            plan = _checked_plan(state_dir, selection, options, expression)
+            done = plan.earlier + asyncio.run(_finish_earlier(plan, state_dir, options.quit_after))
+            for facts in plan.stale:
+                state_dir.remove_saved(facts.name)
+            if plan.to_save:
+                done += asyncio.run(save_round(plan.to_save, state_dir, options))
+    warnings = [f"VM {f.name}: {launcher}" for f in plan.to_save
+                if options.reboot != "none" and (launcher := unheld_launcher(f.pid))]
+    return {"changed": any(r.changed for r in done), "vms": [asdict(r) for r in done], "would_save": plan.would_save,
+            "warnings": warnings}
+
+
+def _checked_plan(state_dir: StateDir, selection: Selection, options: SaveOptions, expression: Any) -> _Plan:
+    """The plan, with the query applied, every VM to save ready and room for its state; nothing is touched."""
     plan = _plan(state_dir, selection, options)
     plan.to_save = filter_by_query(expression, selection.query, plan.to_save)
     _check_ready(plan.to_save)
     if plan.to_save:
         check_space(state_dir.path, plan.to_save, options.reboot)
-    would_save = [f.name for f in plan.to_save]
-    if check_mode:
-        changed = bool(plan.to_save or plan.unquit or plan.to_seal)
-        earlier = plan.earlier + [_unquit_result(state_dir, e.name, False) for e in plan.unquit]
-        return {"changed": changed, "vms": [asdict(r) for r in earlier], "would_save": would_save}
-    if not (plan.to_save or plan.unquit or plan.to_seal or plan.stale):
-        return {"changed": False, "vms": [asdict(r) for r in plan.earlier], "would_save": would_save}
-
-    with state_dir.lock():
-        done = plan.earlier + asyncio.run(_finish_earlier(plan, state_dir, options.quit_after))
-        for facts in plan.stale:
-            state_dir.remove_saved(facts.name)
-        if plan.to_save:
-            done += asyncio.run(save_round(plan.to_save, state_dir, options))
-    return {"changed": any(r.changed for r in done), "vms": [asdict(r) for r in done], "would_save": would_save}
+    return plan
 
 
 def _plan(state_dir: StateDir, selection: Selection, options: SaveOptions) -> _Plan:
@@ -94,15 +122,22 @@ def _plan(state_dir: StateDir, selection: Selection, options: SaveOptions) -> _P
     plan = _Plan()
     held = []
     for name in saved_names:
-        state = states.get(name, "gone") if name in by_name else "gone"
-        if state == "postmigrate" and options.quit_after:
-            plan.unquit.append(by_name[name])
-        elif state in ("gone", "inmigrate") or (options.reboot == "none" and state not in (None, "postmigrate")):
-            # Its QEMU is gone, or a restore started it: saved, unchanged now. With reboot none a QEMU that a
-            # restore brought back loses nothing either: cpr_restore finishes it.
-            plan.earlier.append(SaveResult.of(state_dir.read_manifest(name), False, True))
+        manifest, endpoint, state = state_dir.read_manifest(name), by_name.get(name), states.get(name)
+        if endpoint is None:
+            # Its QEMU is gone: saved by an earlier run, unchanged now.
+            plan.earlier.append(SaveResult.of(manifest, False, True))
+        elif is_saved_qemu(manifest, endpoint):
+            if state != "postmigrate" or not options.quit_after:
+                continue
+            plan.unquit.append(endpoint)
+        elif started_by_restore(state_dir, name, endpoint):
+            # A restore started it, and it waits for the state; with reboot none, one that already loaded it loses
+            # nothing either: cpr_restore finishes it.
+            if state != "inmigrate" and (options.reboot != "none" or state in (None, "postmigrate")):
+                continue
+            plan.earlier.append(SaveResult.of(manifest, False, True))
         else:
-            continue
+            raise not_ours(manifest, endpoint)
         held.append(name)
     endpoints = select_endpoints(found, selection.names, held)
     for endpoint in endpoints:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, discover, explicit_endpoints
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, MissingDependencyError, SelectionError
@@ -38,11 +38,33 @@ H = TypeVar("H", bound=_Named)
 
 @dataclass(frozen=True)
 class Selection:
-    """The selection options every module that works on running VMs shares (doc fragment vm_selection)."""
+    """The selection options every module that works on running VMs shares (doc fragment vm_selection).
+
+    An empty list is refused: an inventory variable that rendered empty must not select every VM of the host.
+    """
 
     vms: Optional[List[Dict[str, Any]]] = None
     names: Optional[List[str]] = None
     query: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_list(self.vms, "vms")
+        check_list(self.names, "names")
+
+
+def check_list(values: Optional[List[Any]], option: str) -> None:
+    """None means every VM; an empty list would mean it too, which is never what an empty list meant."""
+    if values is not None and len(values) == 0:
+        raise SelectionError(
+            f"{option} is an empty list, which would select every VM of the host",
+            hint=f"leave {option} out to mean every VM, or give at least one; an inventory variable that rendered "
+            "empty is the usual cause")
+
+
+def some_names(names: Sequence[str], most: int = 5) -> str:
+    """A list of names for a message, cut after a few: 'a, b, c and 17 more'."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def compile_query(query: Optional[str]) -> Any:
@@ -63,7 +85,11 @@ def compile_query(query: Optional[str]) -> Any:
 
 def run_query(expression: Any, query: str, vms: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Apply a compiled query to VM facts; it must yield VMs (objects with a name)."""
-    result = expression.search(vms)
+    try:
+        result = expression.search(vms)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise SelectionError(f"query {query!r} failed on the list of VMs: {exc}",
+                             hint="check the field names and types against what vm_status returns") from None
     if result is None:
         return []
     if not isinstance(result, list) or not all(isinstance(vm, dict) and "name" in vm for vm in result):
@@ -95,9 +121,9 @@ def select_by_name(endpoints: List[VmEndpoint], names: Optional[Iterable[str]]) 
     by_name = {e.name: e for e in endpoints}
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
-        known = ", ".join(sorted(by_name)) or "none"
+        known = some_names(sorted(by_name), 10) or "none"
         raise SelectionError(
-            f"no running VM is named {', '.join(unknown)} (VMs found: {known})",
+            f"no running VM is named {some_names(unknown)} (VMs found: {known})",
             hint="check the names, or list the VM explicitly with its qmp_socket if its argv has no -name",
         )
     return [by_name[n] for n in wanted]
@@ -138,15 +164,18 @@ def select_vms(selection: Selection, options: FactsOptions, held: Collection[str
     return filter_by_query(expression, selection.query, facts)
 
 
-def select_held(held: Sequence[H], names: Optional[List[str]], running_names: Collection[str],
-                refuse: Callable[[List[str]], CprError]) -> List[H]:
-    """The records the state directory holds (manifests, stop records) of the named VMs; all of them without names.
+def select_held(held: Sequence[H], names: Optional[List[str]],
+                refuse: Callable[[List[str]], CprError]) -> Tuple[List[H], Dict[str, VmEndpoint]]:
+    """The records the state directory holds (manifests, stop records) of the named VMs, all of them without names;
+    and the running VMs by name.
 
     A name with neither a record nor a running VM is refused with refuse(unknown names), before anything is touched.
     """
-    if not names:
-        return list(held)
-    unknown = [n for n in names if n not in {h.name for h in held} and n not in running_names]
+    check_list(names, "names")
+    running_vms = {e.name: e for e in discover()}
+    if names is None:
+        return list(held), running_vms
+    unknown = [n for n in names if n not in {h.name for h in held} and n not in running_vms]
     if unknown:
         raise refuse(unknown)
-    return [h for h in held if h.name in names]
+    return [h for h in held if h.name in names], running_vms

@@ -8,13 +8,16 @@
 
 For a VM named NAME it holds ``NAME.saving`` (a save in progress), ``NAME.json``
 (its manifest: saved, not yet restored), ``NAME.state`` (its state file),
-``NAME.stopped`` (shut down, to be started again), ``NAME.log`` (the output of
-a QEMU we started) and, kept by ``keep_state``, ``NAME.json.restored`` and
-``NAME.state.restored``; for the host ``.hypervisor-cpr.lock`` (the flock a
-module holds while it works) and ``.hypervisor-cpr.run`` (the run lock).
+``NAME.restoring`` (the QEMU a restore started for it), ``NAME.stopped`` (shut
+down, to be started again), ``NAME.log`` (the output of a QEMU we started) and,
+kept by ``keep_state``, ``NAME.json.restored`` and ``NAME.state.restored``; for
+the host ``.hypervisor-cpr.lock`` (the flock a module holds while it works) and
+``.hypervisor-cpr.run`` (the run lock).
 
-State files hold guest memory: the directory is mode 0700, owned by the user
-that runs the engine and not writable by others, and every file in it 0600.
+State files hold guest memory and manifests say what to run as root: the
+directory is opened once by descriptor (_directory), QEMU gets state files as
+descriptors, never as paths, and a manifest is used only when it names the VM
+its file is named after and the state file in this directory.
 """
 
 from __future__ import annotations
@@ -24,62 +27,27 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
-import stat
-import tempfile
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import LockedError, ManifestError, StateDirError
-from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest, StopRecord
+from ansible_collections.hypervisor.cpr.plugins.module_utils._directory import Directory
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import LockedError, ManifestError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest, StopRecord, check_name
 
 LOCK_NAME = ".hypervisor-cpr.lock"
 RUN_LOCK_NAME = ".hypervisor-cpr.run"
 MANIFEST_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
 SAVING_SUFFIX = ".saving"
+RESTORING_SUFFIX = ".restoring"
 STOPPED_SUFFIX = ".stopped"
 LOG_SUFFIX = ".log"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
 
 
-class StateDir:
-    """A state directory, checked when opened; every file name in it is made here."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @classmethod
-    def open(cls, path: str, create: bool) -> "StateDir":
-        """Check the directory (create it, mode 0700, when create and missing).
-
-        A missing directory that is not created holds nothing: listing it finds no file.
-        """
-        state_dir = cls(path)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            if not create:
-                return state_dir
-            os.makedirs(path, mode=0o700)
-            st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise StateDirError(f"the state directory {path} is a symlink",
-                                hint="give the real path; a symlink could redirect guest memory elsewhere")
-        if not stat.S_ISDIR(st.st_mode):
-            raise StateDirError(f"the state directory {path} is not a directory")
-        if st.st_uid != os.geteuid():
-            raise StateDirError(f"the state directory {path} is owned by uid {st.st_uid}, not by uid {os.geteuid()}",
-                                hint="state files hold guest memory: use a directory owned by the user that runs QEMU")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise StateDirError(f"the state directory {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                                hint=f"chmod 0700 {path}")
-        return state_dir
-
-    @property
-    def exists(self) -> bool:
-        return os.path.isdir(self.path)
+class StateDir(Directory):
+    """A state directory, opened by descriptor (StateDir.open); every file name in it is made here."""
 
     # ----------------------------------------------------------------------- names
 
@@ -106,66 +74,74 @@ class StateDir:
     def run_lock_path(self) -> str:
         return os.path.join(self.path, RUN_LOCK_NAME)
 
-    def _names(self, suffix: str) -> List[str]:
-        """The VMs with a file of this suffix, sorted."""
-        if not self.exists:
-            return []
-        return sorted(entry[:-len(suffix)] for entry in os.listdir(self.path)
-                      if entry.endswith(suffix) and not entry.startswith("."))
-
     # ----------------------------------------------------------------------- saved VMs
 
     def has_manifest(self, name: str) -> bool:
-        return os.path.exists(self.manifest_path(name))
+        return self.has(name + MANIFEST_SUFFIX)
 
     def has_saving(self, name: str) -> bool:
-        return os.path.exists(self.saving_path(name))
+        return self.has(name + SAVING_SUFFIX)
 
     def manifests(self) -> List[Manifest]:
         """Every VM saved and not yet restored, sorted by name."""
-        return [self.read_manifest(name) for name in self._names(MANIFEST_SUFFIX)]
+        return [self.read_manifest(name) for name in self.entries(MANIFEST_SUFFIX)]
 
     def read_manifest(self, name: str, in_progress: bool = False) -> Manifest:
-        path = self.saving_path(name) if in_progress else self.manifest_path(name)
-        data = self._read_json(path, name, "the VM's state file is kept; fix or restore the manifest, then run again")
-        return Manifest.from_dict(data, path)
+        suffix = SAVING_SUFFIX if in_progress else MANIFEST_SUFFIX
+        data = self._read_record(name, suffix, "the VM's state file is kept; fix or restore the manifest, then run again")
+        manifest = Manifest.from_dict(data, self._file(name, suffix))
+        if manifest.name != name or manifest.state_file != self.state_path(name):
+            raise ManifestError(
+                f"manifest {self._file(name, suffix)} names VM {manifest.name!r} and state file {manifest.state_file}, "
+                f"not VM {name!r} and {self.state_path(name)}", name,
+                hint="a manifest is only used where it was written; it is kept for inspection")
+        return manifest
 
     def write_manifest(self, manifest: Manifest, in_progress: bool = False) -> None:
         """Write a manifest; with in_progress, the .saving record a later run finishes an interrupted save from."""
-        path = self.saving_path(manifest.name) if in_progress else self.manifest_path(manifest.name)
-        self.write_json(path, manifest.to_dict())
+        check_name(manifest.name)
+        self.write_json(manifest.name + (SAVING_SUFFIX if in_progress else MANIFEST_SUFFIX), manifest.to_dict())
+
+    def open_state(self, name: str, write: bool) -> int:
+        """A VM's state file as a descriptor: for QEMU (add-fd) and for our checksum. A new one is created 0600."""
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if write else os.O_RDONLY
+        try:
+            return self.open_file(name + STATE_SUFFIX, flags)
+        except OSError as exc:
+            raise ManifestError(f"state file {self.state_path(name)} cannot be opened: {exc.strerror}", name,
+                                hint="the VM cannot be saved or restored from it; its manifest is kept for inspection"
+                                ) from None
 
     def seal(self, manifest: Manifest) -> None:
         """fsync and checksum a complete state file into its manifest (not yet written)."""
-        with open(manifest.state_file, "rb") as handle, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with os.fdopen(self.open_state(manifest.name, write=False), "rb") as handle, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
             # The checksum reads the pages from the cache while the fsync writes them back: the two take as
             # long as the longer one, not their sum.
             synced = pool.submit(os.fsync, handle.fileno())
             digest = hashlib.file_digest(handle, "sha256")
             manifest.state_bytes = os.fstat(handle.fileno()).st_size
             synced.result()
-        os.chmod(manifest.state_file, 0o600)
         manifest.state_sha256 = digest.hexdigest()
 
     def finish_save(self, manifest: Manifest) -> None:
         """Turn the .saving record of a sealed save into the manifest."""
         self.write_manifest(manifest)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.saving_path(manifest.name))
+        self.unlink(manifest.name + SAVING_SUFFIX)
 
-    @staticmethod
-    def verify_state(manifest: Manifest) -> None:
+    def verify_state(self, manifest: Manifest) -> None:
         """Refuse to restore from a state file that does not match its manifest."""
         path = manifest.state_file
         try:
-            size = os.path.getsize(path)
+            descriptor = self.open_file(manifest.name + STATE_SUFFIX, os.O_RDONLY)
         except OSError as exc:
             raise ManifestError(f"state file {path} is missing ({exc.strerror})", manifest.name,
                                 hint="the VM cannot be restored from it; its manifest is kept for inspection") from None
-        if size != manifest.state_bytes:
-            raise ManifestError(f"state file {path} has {size} bytes, its manifest says {manifest.state_bytes}",
-                                manifest.name, hint="the file was truncated or replaced; both files are kept")
-        with open(path, "rb") as handle:
+        with os.fdopen(descriptor, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != manifest.state_bytes:
+                raise ManifestError(f"state file {path} has {size} bytes, its manifest says {manifest.state_bytes}",
+                                    manifest.name, hint="the file was truncated or replaced; both files are kept")
             digest = hashlib.file_digest(handle, "sha256")
         if digest.hexdigest() != manifest.state_sha256:
             raise ManifestError(f"state file {path} does not match the SHA-256 in its manifest", manifest.name,
@@ -173,7 +149,7 @@ class StateDir:
 
     def remove_saved(self, name: str) -> None:
         """Remove a VM's state file and manifest (after a restore, or a rolled-back save)."""
-        self._unlink(self.state_path(name), self.manifest_path(name), self.saving_path(name))
+        self.unlink(*(name + suffix for suffix in (STATE_SUFFIX, MANIFEST_SUFFIX, SAVING_SUFFIX, RESTORING_SUFFIX)))
 
     def keep_restored(self, name: str) -> None:
         """Keep a restored VM's manifest and state file for inspection, as ``<file>.restored``.
@@ -183,27 +159,43 @@ class StateDir:
         the mode (0600) stays. The state file goes first: a manifest left alone after a crash is still finished
         by the next cpr_restore.
         """
-        for path in (self.state_path(name), self.manifest_path(name)):
+        for entry in (name + STATE_SUFFIX, name + MANIFEST_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(path, path + RESTORED_SUFFIX)
-        self._unlink(self.saving_path(name))
+                self.rename(entry, entry + RESTORED_SUFFIX)
+        self.unlink(name + SAVING_SUFFIX, name + RESTORING_SUFFIX)
+
+    # ----------------------------------------------------------------------- restores in progress
+
+    def read_restoring(self, name: str) -> Optional[Dict[str, Any]]:
+        """The QEMU a restore started for this VM (pid, start time, boot id), or None."""
+        if not self.has(name + RESTORING_SUFFIX):
+            return None
+        return self._read_record(name, RESTORING_SUFFIX, "remove it once no restore of the VM runs", "record {path}")
+
+    def write_restoring(self, name: str, process: Dict[str, Any]) -> None:
+        self.write_json(name + RESTORING_SUFFIX, dict(process, name=name))
 
     # ----------------------------------------------------------------------- shut-down VMs
 
     def stop_records(self) -> List[StopRecord]:
         """Every VM recorded as shut down, sorted by name."""
-        return [self.read_stopped(name) for name in self._names(STOPPED_SUFFIX)]
+        return [self.read_stopped(name) for name in self.entries(STOPPED_SUFFIX)]
 
     def read_stopped(self, name: str) -> StopRecord:
-        path = self.stopped_path(name)
         hint = "start the VM by hand with the command line it had, then remove the record"
-        return StopRecord.from_dict(self._read_json(path, name, hint, "the record {path} of a shut-down VM"), path)
+        data = self._read_record(name, STOPPED_SUFFIX, hint, "the record {path} of a shut-down VM")
+        record = StopRecord.from_dict(data, self.stopped_path(name))
+        if record.name != name:
+            raise ManifestError(f"the record {self.stopped_path(name)} names VM {record.name!r}, not {name!r}", name,
+                                hint=hint)
+        return record
 
     def write_stopped(self, record: StopRecord) -> None:
-        self.write_json(self.stopped_path(record.name), record.to_dict())
+        check_name(record.name)
+        self.write_json(record.name + STOPPED_SUFFIX, record.to_dict())
 
     def remove_stopped(self, name: str) -> None:
-        self._unlink(self.stopped_path(name))
+        self.unlink(name + STOPPED_SUFFIX)
 
     def pending(self, current_boot_id: str) -> Dict[str, List[Dict[str, Any]]]:
         """What vm_status reports of the directory: VMs saved and not restored, shut down and not started."""
@@ -214,15 +206,13 @@ class StateDir:
 
     def open_log(self, name: str) -> IO[bytes]:
         """The log of a QEMU we start, appended to (mode 0600)."""
-        path = self.log_path(name)
-        log = open(path, "ab")  # pylint: disable=consider-using-with
-        os.chmod(path, 0o600)
-        return log
+        check_name(name)
+        return os.fdopen(self.open_file(name + LOG_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
 
     def log_tail(self, name: str) -> str:
         """The last lines a QEMU we started wrote, for an error message."""
         try:
-            with open(self.log_path(name), encoding="utf-8", errors="replace") as handle:
+            with os.fdopen(self.open_file(name + LOG_SUFFIX, os.O_RDONLY), encoding="utf-8", errors="replace") as handle:
                 return " ".join(handle.read().strip().splitlines()[-3:]) or "no output"
         except OSError:
             return "no output"
@@ -232,8 +222,7 @@ class StateDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the directory's flock, so two modules never work on one host at once; released when we exit."""
-        path = os.path.join(self.path, LOCK_NAME)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = self.open_file(LOCK_NAME, os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,7 +230,8 @@ class StateDir:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise LockedError(f"another hypervisor.cpr run (pid {holder}) holds the lock {path}",
+                raise LockedError(f"another hypervisor.cpr run (pid {holder}) holds the lock "
+                                  f"{os.path.join(self.path, LOCK_NAME)}",
                                   hint="wait for it to finish; the lock is released when that process exits") from None
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, str(os.getpid()).encode(), 0)
@@ -249,51 +239,21 @@ class StateDir:
         finally:
             os.close(descriptor)
 
+    def read_run_lock(self) -> Tuple[Optional[Any], Optional[str]]:
+        """(data, None), (None, None) when there is no run lock, or (None, why) when it cannot be read."""
+        return self.read_json(RUN_LOCK_NAME)
+
+    def write_run_lock(self, data: Dict[str, Any]) -> None:
+        self.write_json(RUN_LOCK_NAME, data)
+
     def remove_run_lock(self) -> None:
-        self._unlink(self.run_lock_path)
+        self.unlink(RUN_LOCK_NAME)
 
-    def create_exclusive(self, path: str, data: Dict[str, Any]) -> bool:
-        """Create a JSON file (0600) that must not exist yet; False when it does."""
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            _dump(data, out)
-        self.fsync()
-        return True
+    # ----------------------------------------------------------------------- records
 
-    # ----------------------------------------------------------------------- files
-
-    def write_json(self, path: str, data: Dict[str, Any]) -> None:
-        """Write JSON (mode 0600) so a reader sees the old or the new file, never half of one.
-
-        Temp file in the same directory, fsync, rename over the target, fsync the directory.
-        """
-        handle, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                _dump(data, out)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        self.fsync()
-
-    def read_json(self, path: str) -> Tuple[Optional[Any], Optional[str]]:
-        """(data, None), (None, None) when the file does not exist, or (None, why) when it cannot be read."""
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle), None
-        except FileNotFoundError:
-            return None, None
-        except (OSError, ValueError) as exc:
-            return None, str(exc)
-
-    def _read_json(self, path: str, name: str, hint: str, what: str = "manifest {path}") -> Dict[str, Any]:
-        data, error = self.read_json(path)
+    def _read_record(self, name: str, suffix: str, hint: str, what: str = "manifest {path}") -> Dict[str, Any]:
+        path = self._file(name, suffix)
+        data, error = self.read_json(name + suffix)
         if data is None and error is None:
             error = "it does not exist"
         if error is None and not isinstance(data, dict):
@@ -301,23 +261,3 @@ class StateDir:
         if error is not None:
             raise ManifestError(f"{what.format(path=path)} cannot be read: {error}", name, hint=hint)
         return data  # type: ignore[return-value]
-
-    def _unlink(self, *paths: str) -> None:
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        self.fsync()
-
-    def fsync(self) -> None:
-        descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def _dump(data: Dict[str, Any], out: IO[str]) -> None:
-    json.dump(data, out, indent=2, sort_keys=True)
-    out.write("\n")
-    out.flush()
-    os.fsync(out.fileno())

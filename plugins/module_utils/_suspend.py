@@ -19,6 +19,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import Facts
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate, suspend_guest, wake_guest
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection, select_vms
+from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
 
 STATES = ("suspended", "awake")
 
@@ -37,6 +38,7 @@ def set_states(selection: Selection, state: str, timeout: float, check_mode: boo
 
     The error names each VM that failed, and carries the others (vms) and one entry per failure (errors).
     """
+    check_timeout(timeout)
     selected = select_vms(selection, FactsOptions(timeout=timeout, check_agent=False))
 
     async def set_all() -> List[Any]:
@@ -54,6 +56,8 @@ def set_states(selection: Selection, state: str, timeout: float, check_mode: boo
 async def _set_state(facts: VmFacts, state: str, timeout: float, check_mode: bool) -> SuspendResult:
     """Bring one guest to ``suspended`` or ``awake``; unchanged when it is there already."""
     started = time.monotonic()
+    if facts.problem or facts.qmp_socket is None:
+        raise CprError(facts.problem or "it has no QMP socket", facts.name, hint="it is left as it is")
     async with open_qmp(facts.qmp_socket, vm=facts.name, timeout=timeout) as session:
         before = await runstate(session)
         target = "suspended" if state == "suspended" else "running"

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import math
 from typing import Awaitable, Callable, Optional, TypeVar
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import OptionError
 
 # poll() checks first after 1 ms (a small VM saves or loads in a few milliseconds), then ever less often, up to
 # every 10 ms: a check is a QMP round trip or a look at /proc, cheap next to the work it waits for.
@@ -38,3 +41,10 @@ async def poll(check: Callable[[], Awaitable[Optional[T]]], timeout: float,
             raise expired()
         await asyncio.sleep(delay)
         delay = min(delay * 2, POLL_SECONDS)
+
+
+def check_timeout(value: float, option: str = "timeout") -> None:
+    """A timeout must be a positive, finite number of seconds: nan would wait forever, 0 or less not at all."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise OptionError(f"{option} must be a positive number of seconds, not {value!r}",
+                          hint=f"give {option} in seconds, for example 300")

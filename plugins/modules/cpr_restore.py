@@ -17,8 +17,12 @@ description:
     same migration mode and capabilities as the save.
   - Guests the save suspended are woken; paused VMs stay paused; suspended ones stay suspended. Where the guest
     agent answered before the save, the module waits until it answers again.
-  - Only when a VM is back in its old runstate are its state file and manifest removed (with O(keep_state), renamed).
-    On any failure they are kept, the error says why, and running the module again retries.
+  - Only when a VM is back in its old runstate are its state file and manifest removed (with O(keep_state), renamed),
+    and the systemd service the save held (see O(hypervisor.cpr.cpr_save#module:hold_units)) released. On any failure
+    they are kept, the error says why, and running the module again retries.
+  - A running QEMU of a saved VM's name is taken for the VM only when it is the one a restore started (recorded in
+    C(<state_dir>/<name>.restoring) before the restore waits for it) or the very one that was saved. Any other was
+    started afresh by something else; the module fails for that VM, naming the process, and keeps its files.
   - The new QEMU is detached so it outlives the module. When systemd runs the host it is started under
     C(systemd-run) as a transient unit, so systemd supervises it; otherwise in a session of its own, with its output
     in C(<state_dir>/<name>.log).
@@ -26,11 +30,8 @@ author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
   - hypervisor.cpr.attributes
+  - hypervisor.cpr.state_dir
 options:
-  state_dir:
-    description: Directory holding the state files and manifests written by M(hypervisor.cpr.cpr_save).
-    type: path
-    default: /var/lib/qemu-cpr
   names:
     description: Restore only these VMs. An unknown name (no manifest, no running VM) is an error.
     type: list
@@ -207,7 +208,7 @@ def main() -> None:
     options = RestoreOptions(timeout=params["timeout"], keep_state=params["keep_state"],
                              verify_checksum=params["verify_checksum"],
                              launcher=Launcher(params["launch"], params["systemd_unit"]))
-    run(module, lambda: restore(params["state_dir"], params["names"], options, module.check_mode))
+    run(module, lambda: restore(params["state_dir"], params["names"], options, module.check_mode, params["run_id"]))
 
 
 if __name__ == "__main__":

@@ -32,15 +32,9 @@ author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
   - hypervisor.cpr.attributes
+  - hypervisor.cpr.state_dir
   - hypervisor.cpr.vm_selection
 options:
-  state_dir:
-    description:
-      - Directory for state files and manifests. Created with mode C(0700) if missing.
-      - It must be owned by the user that runs the module and not writable by others, since state files hold guest
-        memory. It must survive the reboot.
-    type: path
-    default: /var/lib/qemu-cpr
   reboot:
     description:
       - What happens between save and restore. V(kexec) and V(reboot) require RAM kept in place to be on persistent
@@ -88,6 +82,21 @@ options:
       - Seconds for each VM's save, including the suspend of its guest. Socket connections wait at most 10 seconds.
     type: float
     default: 300.0
+  hold_units:
+    description:
+      - Keep the systemd service that runs each VM's QEMU (say C(qemu@web1.service)) from starting it afresh while it
+        is saved, at boot or by C(Restart=always) when the save quits QEMU. A cold boot of a VM whose RAM stays in place
+        writes over the guest memory its saved state needs.
+      - The service gets a drop-in, C(/etc/systemd/system/<unit>.d/50-hypervisor-cpr-hold.conf), with
+        C(ConditionPathExists=!<state_dir>/<name>.json), before any VM stops; M(hypervisor.cpr.cpr_restore) removes
+        it once the VM is back (RV(vms[].held_unit) names it). Units a restore started and managers' scopes are not
+        held.
+      - Set to V(false) when the service itself brings the VM back from its manifest, as with
+        O(hypervisor.cpr.cpr_restore#module:launch=systemd) and the example unit in C(examples/systemd/).
+      - Where systemd does not run the host, nothing is held, and the module warns for each VM, naming what may start
+        it (its parent process), when O(reboot) is not V(none).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full
@@ -166,6 +175,10 @@ vms:
     quit:
       description: Whether its QEMU has quit.
       type: bool
+    held_unit:
+      description: The systemd service kept from starting the VM afresh until it is restored (see O(hold_units)), or V(null).
+      type: str
+      sample: qemu@web1.service
 would_save:
   description: Names of the VMs this call saves (or in check mode would save).
   returned: always
@@ -199,14 +212,16 @@ def main() -> None:
             quit=dict(type="bool", default=True),
             all_or_nothing=dict(type="bool", default=True),
             timeout=dict(type="float", default=300.0),
+            hold_units=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
     params = module.params
     options = SaveOptions(reboot=params["reboot"], ignore_shared=auto_or_bool(module, "ignore_shared"),
                           timeout=params["timeout"], quit_after=params["quit"], suspend=params["suspend"],
-                          all_or_nothing=params["all_or_nothing"], mapped_ram=auto_or_bool(module, "mapped_ram"))
-    run(module, lambda: save(selection(module), params["state_dir"], options, module.check_mode))
+                          all_or_nothing=params["all_or_nothing"], mapped_ram=auto_or_bool(module, "mapped_ram"),
+                          hold_units=params["hold_units"])
+    run(module, lambda: save(selection(module), params["state_dir"], options, module.check_mode, params["run_id"]))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,16 @@ module: run_lock
 short_description: Take or release a hypervisor's run lock, so two runs never work on one host at once
 version_added: 0.1.0
 description:
-  - With O(state=present), creates C(<state_dir>/.hypervisor-cpr.run) atomically, recording O(run_id), O(owner) and
-    the time. Fails, naming the holder, when another run holds it.
+  - With O(state=present), creates C(<state_dir>/.hypervisor-cpr.run), recording O(run_id), O(owner), the time and
+    this process. Fails, naming the holder, when another run holds it.
   - The same O(run_id) takes a lock it already holds again, unchanged, so a run that was interrupted (between save and
     restore, say) can be run again with its run id and finish. O(force=true) takes the lock over from another run.
+    Neither works while a process of the holder still works on the host (RV(lock.process)), since that run is not dead.
   - With O(state=absent), removes the lock when this O(run_id) holds it (or with O(force=true)).
-  - The lock is a file, not a lock held by a process, because it must outlast the reboot in the middle of a run.
+  - The lock is a file, not a lock held by a process, because it must outlast the reboot in the middle of a run. Every
+    change to it is made under the state directory's C(flock), so two runs never both find it free.
+  - While a run holds the host, M(hypervisor.cpr.cpr_save), M(hypervisor.cpr.cpr_restore) and
+    M(hypervisor.cpr.vm_power) act only when given its run id.
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 options:
@@ -57,6 +61,7 @@ attributes:
 notes:
   - M(hypervisor.cpr.cpr_save) and M(hypervisor.cpr.cpr_restore) also hold a short lock of their own while they run;
     this one spans a whole run, reboot included.
+  - The state directory is checked as for M(hypervisor.cpr.cpr_save), for taking and for releasing the lock.
 seealso:
   - module: hypervisor.cpr.cpr_save
 """
@@ -101,9 +106,22 @@ lock:
     host:
       description: Host name of the hypervisor.
       type: str
-    pid:
-      description: Process id of the module that took it.
-      type: int
+    process:
+      description:
+        - The process that last worked for the run on the host (the module that took the lock, then each
+          M(hypervisor.cpr.cpr_save), M(hypervisor.cpr.cpr_restore) and M(hypervisor.cpr.vm_power) of the run).
+        - While it still runs, nobody takes the lock, not even with the same O(run_id) or O(force).
+      type: dict
+      contains:
+        pid:
+          description: Its process id.
+          type: int
+        start_time:
+          description: When it started, in clock ticks since boot (together with the pid, it tells the process apart).
+          type: int
+        boot_id:
+          description: The boot it ran in.
+          type: str
     details:
       description: The O(details) given.
       type: dict
@@ -127,8 +145,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             STATE_DIR_SPEC,
-            state=dict(type="str", choices=["present", "absent"], default="present"),
             run_id=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
             owner=dict(type="str"),
             details=dict(type="dict"),
             force=dict(type="bool", default=False),

@@ -25,6 +25,7 @@ author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 extends_documentation_fragment:
   - hypervisor.cpr.attributes
+  - hypervisor.cpr.state_dir
   - hypervisor.cpr.vm_selection
 options:
   state:
@@ -35,12 +36,6 @@ options:
     type: str
     choices: [stopped, started]
     default: stopped
-  state_dir:
-    description:
-      - Where the records of shut-down VMs (C(<name>.stopped)) are kept. It must survive the reboot.
-      - The same directory as M(hypervisor.cpr.cpr_save)'s, owned by root, mode C(0700).
-    type: path
-    default: /var/lib/qemu-cpr
   timeout:
     description:
       - Seconds for each guest to power off, or to start until its guest agent answers. Sockets are given at most
@@ -155,10 +150,11 @@ def main() -> None:
     if params["state"] == "started" and (params["vms"] or params["query"]):
         module.fail_json(msg="state=started selects with names only: the VMs do not run, so vms and query do not apply")
     if params["state"] == "stopped":
-        run(module, lambda: stop(selection(module), params["state_dir"], params["timeout"], module.check_mode))
+        run(module, lambda: stop(selection(module), params["state_dir"], params["timeout"], module.check_mode,
+                                 params["run_id"]))
     else:
         run(module, lambda: start(params["state_dir"], params["names"], params["timeout"], params["wait_for_agent"],
-                                  module.check_mode))
+                                  module.check_mode, params["run_id"]))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ module: vm_status
 short_description: Report the QEMU VMs of a hypervisor and whether each is ready for cpr-reboot
 version_added: 0.1.0
 description:
-  - Finds the QEMU processes of the host from C(/proc), or takes an explicit list, and asks each over QMP for its
-    runstate, QEMU version, versioned machine type, memory backends, VFIO devices and migration settings.
+  - Finds every QEMU process of the host from C(/proc) (those another manager runs, or that have no QMP socket, too),
+    or takes an explicit list, and asks each it can drive over QMP for its runstate, QEMU version, versioned machine
+    type, memory backends, VFIO devices and migration settings.
   - Tells for every memory backend whether a new QEMU can map it again and whether it survives a reboot
     (DAX/pmem or a disk file do; tmpfs, ramfs, hugetlbfs and anonymous memory do not).
   - Asks the guest agent of every running VM that has one whether it answers.
@@ -52,8 +53,8 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - A QMP socket serves one client at a time. A VM whose monitor is held by another client (libvirt, for example)
-    is reported with O(timeout) exceeded in RV(vms[].error).
+  - A QMP socket serves one client at a time. A VM whose monitor is held by another client is reported with
+    O(timeout) exceeded in RV(vms[].error). A VM libvirt, Proxmox VE or Ganeti runs is never asked over QMP at all.
   - VMs that cannot be reached are reported with RV(vms[].error) set and a warning; the module itself does not fail.
 seealso:
   - name: QEMU CheckPoint and Restart (CPR)
@@ -103,11 +104,52 @@ vms:
       type: int
       sample: 4242
     argv:
-      description: Command line of its QEMU, from C(/proc/<pid>/cmdline).
+      description:
+        - Command line of its QEMU, from C(/proc/<pid>/cmdline), with every secret replaced by C(********) (the
+          C(data) of C(-object secret), every C(password=)).
       type: list
       elements: str
+    exe:
+      description: The binary its QEMU runs, from C(/proc/<pid>/exe); a restart runs this one, never C(argv[0]).
+      type: str
+      sample: /usr/bin/qemu-system-x86_64
+    credentials:
+      description: Who its QEMU runs as; a restart runs it as the same user, never with more rights.
+      type: dict
+      contains:
+        uid:
+          description: Effective user id.
+          type: int
+        gid:
+          description: Effective group id.
+          type: int
+        groups:
+          description: Supplementary groups.
+          type: list
+          elements: int
+    managed_by:
+      description:
+        - Who runs this VM, V(libvirt), V(proxmox), V(ganeti), or V(none). hypervisor.cpr never drives a VM another
+          manager runs; a reboot takes it down all the same, so the P(hypervisor.cpr.kernel_update#role) role refuses
+          to reboot a host with one it does not cover.
+      type: str
+      sample: none
+    recognised_by:
+      description: The signs that told who manages it (its parent daemon, a monitor passed as a descriptor, its paths).
+      type: list
+      elements: str
+    unit:
+      description: The systemd unit (service or scope) its QEMU runs in, or V(null).
+      type: str
+      sample: qemu@web1.service
+    problem:
+      description:
+        - Why hypervisor.cpr cannot drive this QEMU, or V(null). Another manager runs it, it has no QMP socket we can
+          reach, the process at the other end of its QMP socket is not it, or its binary is not one only root could
+          have put there. It is also the first of RV(vms[].cpr.reasons).
+      type: str
     qmp_socket:
-      description: Path of its QMP socket.
+      description: Path of its QMP socket, or V(null) when it has none we can reach.
       type: str
       sample: /run/qemu/web1.qmp
     qga_socket:
@@ -254,6 +296,36 @@ vms:
     error:
       description: Why the VM could not be asked, or V(null).
       type: str
+others:
+  description:
+    - Every other QEMU process of the host, the ones O(names), O(vms) or O(query) did not select, read from C(/proc)
+      only (none is asked over QMP). A reboot takes them down as well.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Its VM's name (C(-name)), or C(qemu-<pid>) without one.
+      type: str
+    pid:
+      description: Process id of its QEMU.
+      type: int
+    exe:
+      description: The binary it runs.
+      type: str
+    managed_by:
+      description: Who runs it, as RV(vms[].managed_by).
+      type: str
+    recognised_by:
+      description: The signs that told, as RV(vms[].recognised_by).
+      type: list
+      elements: str
+    unit:
+      description: Its systemd unit, or V(null).
+      type: str
+    problem:
+      description: Why hypervisor.cpr cannot drive it, or V(null), as RV(vms[].problem).
+      type: str
 saved:
   description: The VMs O(state_dir) holds saved and not yet restored, sorted by name; what their manifests record.
   returned: when O(state_dir) is set
@@ -340,14 +412,7 @@ def main() -> None:
     options = FactsOptions(timeout=params["timeout"], reboot=params["reboot"],
                            ignore_shared=auto_or_bool(module, "ignore_shared"))
 
-    def report() -> dict:
-        result = status(selection(module), options, params["state_dir"])
-        for vm in result["vms"]:
-            if vm["error"]:
-                module.warn(vm["error"])
-        return result
-
-    run(module, report)
+    run(module, lambda: status(selection(module), options, params["state_dir"]))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ lost when no QEMU serves it and no manifest with a valid state file can bring
 it back.
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -40,12 +41,13 @@ pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reas
 def lost(vms, state_dir):
     """(VMs lost, state files lost): VMs neither running nor restorable, manifests whose state file is bad."""
     restorable, bad_files = set(), 0
-    for manifest in StateDir(state_dir).manifests():
-        try:
-            StateDir.verify_state(manifest)
-            restorable.add(manifest.name)
-        except CprError:
-            bad_files += 1
+    with StateDir.open(state_dir) as directory:
+        for manifest in directory.manifests():
+            try:
+                directory.verify_state(manifest)
+                restorable.add(manifest.name)
+            except CprError:
+                bad_files += 1
     gone = [vm.name for vm in vms if vm.refresh_pid() is None and vm.name not in restorable]
     return len(gone), bad_files
 
@@ -65,6 +67,16 @@ def in_background(target, *args):
     thread = threading.Thread(target=testbed.in_realtime, args=(target, *args))
     thread.start()
     return thread
+
+
+def wait_for_data(path, timeout=60):
+    """Until QEMU has written into a state file (the engine creates it, empty, before QEMU starts writing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.getsize(path) > 0:
+                return
+        time.sleep(0.0005)
 
 
 def wait_for_path(path, timeout=60):
@@ -109,7 +121,7 @@ def test_disk_full_while_saving(vm_dir, campaign):
     try:
         def take_all_space():
             # QEMU is held while the space goes, so the disk fills in the middle of its write.
-            wait_for_path(os.path.join(state_dir, "full.state"))
+            wait_for_data(os.path.join(state_dir, "full.state"))
             os.kill(vms[0].pid, signal.SIGSTOP)
             try:
                 fill(os.path.join(state_dir, ".ballast"))
@@ -238,7 +250,7 @@ def test_qmp_stops_answering_during_save(vm_dir, campaign):
     state_dir = os.path.join(vm_dir, "state")
 
     def stop_when_writing():
-        wait_for_path(os.path.join(state_dir, "hung.state"))
+        wait_for_data(os.path.join(state_dir, "hung.state"))
         os.kill(vms[0].pid, signal.SIGSTOP)
 
     stopper = in_background(stop_when_writing)
@@ -330,7 +342,7 @@ def test_qemu_killed_during_save_is_booted_again_and_the_others_resumed(vm_dir, 
     state_dir = os.path.join(vm_dir, "state")
 
     def kill_when_writing():
-        wait_for_path(os.path.join(state_dir, "victim.state"))
+        wait_for_data(os.path.join(state_dir, "victim.state"))
         os.kill(vms[0].pid, signal.SIGKILL)
 
     killer = in_background(kill_when_writing)

@@ -1,8 +1,19 @@
 """The target kernel of an update, from what is installed in a boot directory."""
 
+import subprocess
+import time
+
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._host import installed_kernels, target_kernel, version_key
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import (
+    installed_kernels,
+    is_running,
+    process_identity,
+    started_at,
+    target_kernel,
+    unit_of,
+    version_key,
+)
 
 
 @pytest.mark.parametrize("older, newer", [
@@ -61,3 +72,33 @@ def test_a_path_not_named_vmlinuz_has_no_release(boot):
 
 def test_an_empty_boot_directory_has_no_target(tmp_path):
     assert target_kernel("", "", "", str(tmp_path))["image"] == ""
+
+
+@pytest.mark.parametrize("cgroup, unit", [
+    ("0::/system.slice/qemu@web1.service\n", "qemu@web1.service"),
+    ("0::/machine.slice/machine-qemu\\x2d3\\x2dweb1.scope/libvirt/emulator\n", "machine-qemu\\x2d3\\x2dweb1.scope"),
+    ("0::/qemu.slice/100.scope\n", "100.scope"),
+    ("0::/system.slice/hypervisor-cpr-web1-1700000000.service\n", "hypervisor-cpr-web1-1700000000.service"),
+    # A user's own session or units are not the system's.
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/vm.service\n", None),
+    # cgroup v1: the named systemd hierarchy tells; the others do not.
+    ("12:cpu,cpuacct:/\n1:name=systemd:/system.slice/qemu@db1.service\n", "qemu@db1.service"),
+    ("0::/\n", None),
+    ("", None),
+])
+def test_the_unit_of_a_process(cgroup, unit):
+    assert unit_of(0, cgroup) == unit
+
+
+def test_a_process_is_told_apart_from_one_that_reuses_its_pid():
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        identity = process_identity(sleeper.pid)
+        assert is_running(identity)
+        assert not is_running(dict(identity, start_time=identity["start_time"] - 1))
+        assert not is_running(dict(identity, boot_id="another boot"))
+        assert started_at(identity) == pytest.approx(time.time(), abs=60)
+        sleeper.kill()
+        sleeper.wait()
+    assert not is_running(identity)
+    assert not is_running(None) and not is_running({})

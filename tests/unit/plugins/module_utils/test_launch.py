@@ -7,6 +7,7 @@ everything else is the real code.
 
 import asyncio
 import contextlib
+import os
 import re
 
 import pytest
@@ -17,8 +18,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import La
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest
 from ansible_collections.hypervisor.cpr.plugins.module_utils._process import Launched
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import Credentials
 
-STATE_DIR = StateDir("/var/lib/qemu-cpr")
 
 RECORDED = ["/usr/bin/qemu-system-x86_64", "-name", "guest=web1", "-S", "-machine", "q35,memory-backend=ram0",
             "-qmp", "unix:/run/qemu/web1.qmp,server=on,wait=off", "-m", "256"]
@@ -36,6 +37,12 @@ def _manifest():
 
 
 @pytest.fixture
+def state_dir(tmp_path):
+    with StateDir.open(str(tmp_path)) as directory:
+        yield directory
+
+
+@pytest.fixture
 def commands(monkeypatch):
     """The commands the starters would run, in order."""
     ran = []
@@ -43,10 +50,10 @@ def commands(monkeypatch):
     return ran
 
 
-def test_launch_systemd_starts_the_operators_unit(commands, monkeypatch):
+def test_launch_systemd_starts_the_operators_unit(commands, monkeypatch, state_dir):
     # Whether systemd runs the host does not matter: the operator's unit is started either way.
     monkeypatch.setattr(_process, "_systemd_run_available", lambda: False)
-    launched = Launcher("systemd", "qemu@{name}.service").start(_manifest(), STATE_DIR)
+    launched = Launcher("systemd", "qemu@{name}.service").start(_manifest(), state_dir)
     assert (launched.child, launched.unit) == (None, "qemu@web1.service")
     assert commands == [(["systemctl", "start", "qemu@web1.service"], "web1")]
 
@@ -58,25 +65,37 @@ def test_unit_template_takes_only_the_name():
     assert _process.systemctl_start_command("qemu@web1.service") == ["systemctl", "start", "qemu@web1.service"]
 
 
-def test_launch_argv_under_systemd_runs_the_recorded_command_line_in_a_transient_unit(commands, monkeypatch):
+def test_launch_argv_under_systemd_runs_the_recorded_command_line_in_a_transient_unit(commands, monkeypatch, state_dir):
     monkeypatch.setattr(_process, "_systemd_run_available", lambda: True)
-    launched = Launcher("argv", "qemu@{name}.service").start(_manifest(), STATE_DIR)
+    launched = Launcher("argv", "qemu@{name}.service").start(_manifest(), state_dir)
     unit = launched.unit
     assert launched.child is None and re.fullmatch(r"hypervisor-cpr-web1-\d+\.service", unit)
     assert commands == [(["systemd-run", f"--unit={unit}", "--collect", "--working-directory=/var/lib/vms", "--",
                           *RESTORE_ARGV], "web1")]
 
 
-def test_systemd_run_command_line():
+def test_transient_unit_name():
     assert _process.transient_unit_name("web1", 1700000000.9) == "hypervisor-cpr-web1-1700000000.service"
-    assert _process.systemd_run_command("u.service", ["qemu", "-name", "a b"], "/srv") == [
-        "systemd-run", "--unit=u.service", "--collect", "--working-directory=/srv", "--", "qemu", "-name", "a b"]
 
 
-def test_start_qemu_under_systemd_names_its_own_unit(commands, monkeypatch):
+@pytest.mark.parametrize("credentials, user", [
+    (None, []),
+    (Credentials(0, 0, []), []),
+    # A QEMU a user ran (or that dropped to a user with -run-with user=) runs as that user again, with its groups.
+    (Credentials(1000, 1000, [1000, 108]), ["--uid=1000", "--gid=1000", "--property=SupplementaryGroups=1000 108"]),
+])
+def test_systemd_run_command_line(credentials, user):
+    command = _process.Command(["/usr/bin/qemu-system-x86_64", "-name", "a b"], "/srv", credentials)
+    assert _process.systemd_run_command("u.service", command) == [
+        "systemd-run", "--unit=u.service", "--collect", "--working-directory=/srv", *user, "--",
+        "/usr/bin/qemu-system-x86_64", "-name", "a b"]
+
+
+def test_start_qemu_under_systemd_names_its_own_unit(commands, monkeypatch, state_dir):
     """vm_power's fresh start: no unit given, one is made from the VM's name."""
     monkeypatch.setattr(_process, "_systemd_run_available", lambda: True)
-    assert _process.start_qemu("web1", ["qemu"], "/", "/run/qemu/web1.qmp", STATE_DIR).child is None
+    command = _process.Command(["/usr/bin/qemu-system-x86_64"], "/")
+    assert _process.start_qemu("web1", command, "/run/qemu/web1.qmp", state_dir).child is None
     [(command, name)] = commands
     assert name == "web1" and re.fullmatch(r"--unit=hypervisor-cpr-web1-\d+\.service", command[1])
 
@@ -91,7 +110,7 @@ def test_a_starter_that_fails_is_an_error_in_its_own_words():
 def _wait_for_qmp(tmp_path, unit):
     async def run():
         async with contextlib.AsyncExitStack() as stack:
-            await _process.wait_for_qmp(Launched("web1", str(tmp_path / "web1.qmp"), unit=unit), StateDir(str(tmp_path)),
+            await _process.wait_for_qmp(Launched("web1", str(tmp_path / "web1.qmp"), unit=unit), StateDir.open(str(tmp_path)),
                                         0.05, stack)
 
     asyncio.run(run())
@@ -110,3 +129,11 @@ def test_a_detached_qemu_that_never_answers_is_left_as_it_is(tmp_path):
     with pytest.raises(NotAnsweringError, match="may be hung and is left as it is") as failure:
         _wait_for_qmp(tmp_path, None)
     assert "journalctl" not in str(failure.value)
+
+
+def test_a_binary_only_root_could_have_put_there_is_started(tmp_path, state_dir):
+    planted = tmp_path / "qemu-system-x86_64"
+    planted.write_text("#!/bin/sh\n")
+    os.chmod(planted, 0o777)
+    with pytest.raises(CprError, match=f"its QEMU binary {planted} could have been planted by another user"):
+        _process.start_qemu("web1", _process.Command([str(planted)], "/"), "/run/web1.qmp", state_dir)

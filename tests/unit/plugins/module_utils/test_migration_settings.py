@@ -11,7 +11,7 @@ QEMU_8 = ["x-ignore-shared", "multifd", "postcopy-ram"]
 
 
 def _facts(copy_bytes, version="10.0.2"):
-    return VmFacts("vm1", "/run/vm1.qmp", None, "discovered", qemu_version=version,
+    return VmFacts("vm1", "/run/vm1.qmp", None, source="discovered", qemu_version=version,
                    cpr=CprVerdict(True, "kexec", copy_bytes == 0, copy_bytes))
 
 

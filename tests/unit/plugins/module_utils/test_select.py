@@ -60,7 +60,7 @@ def test_select_endpoints_refuses(running, names, held, error):
 
 
 def _facts(name, ready, vfio=()):
-    return VmFacts(name, f"/run/{name}.qmp", None, "discovered", vfio=[{"id": d} for d in vfio],
+    return VmFacts(name, f"/run/{name}.qmp", None, source="discovered", vfio=[{"id": d} for d in vfio],
                    cpr=CprVerdict(ready, "kexec", True, 0))
 
 

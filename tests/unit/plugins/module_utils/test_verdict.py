@@ -10,7 +10,7 @@ def _backend(backend_id="ram0", share=True, mappable=True, persistent=True, size
 
 
 def _facts(**changes):
-    facts = VmFacts("vm1", "/run/vm1.qmp", "/run/vm1.qga", "discovered", pid=1, runstate="running",
+    facts = VmFacts("vm1", "/run/vm1.qmp", "/run/vm1.qga", source="discovered", pid=1, runstate="running",
                     qemu_version="10.0.2", machine_type="pc-q35-10.0", memory_backends=[_backend()],
                     migration={"mode": "normal", "status": "none", "blocked_reasons": [], "capabilities": []},
                     agent=AgentFacts(socket="/run/vm1.qga", answering=True))
