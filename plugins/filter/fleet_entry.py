@@ -36,7 +36,7 @@ RETURN = r"""
 _value:
   description:
     - The host's entry, with at least host, status, error, reboot_method, kernel_before, kernel_after, kernel_target,
-      planned_vms, blackout_seconds, vms, left_out, shut_down, started, still_saved and still_stopped.
+      planned_vms, blackout_seconds, host_blackout, boot_restore, vms, left_out, shut_down, started, still_saved and still_stopped.
   type: dict
 """
 
@@ -67,7 +67,7 @@ def fleet_entry(host: Mapping[str, Any]) -> Dict[str, Any]:
         "kernel_after": None,
         "kernel_target": plan.get("kernel_target"),
         "planned_vms": plan.get("vms", []),
-        "blackout_seconds": None,
+        "blackout_seconds": None, "host_blackout": None, "boot_restore": None,
         "vms": [], "left_out": [], "shut_down": [], "started": [], "still_saved": [], "still_stopped": [],
     }
     return {**planned, **_outcome(host, plan)}

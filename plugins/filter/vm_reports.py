@@ -39,7 +39,7 @@ _value:
   description:
     - One entry per VM, in the order of the input, with the keys C(name), C(runstate_before), C(runstate),
       C(suspended_by_us), C(saved_by_earlier_run), C(paused_at), C(downtime_seconds), C(save_seconds),
-      C(restore_seconds), C(state_bytes) and C(ram_in_place).
+      C(restore_seconds), C(state_bytes), C(ram_in_place), C(restored_at_boot) and C(boot_restore_seconds).
     - All but C(saved_by_earlier_run) are the ones of RV(hypervisor.cpr.cpr_restore#module:vms), V(null) where the entry
       lacks them; C(saved_by_earlier_run) tells whether the VM's name is in O(saved_by_earlier_run).
   type: list
@@ -50,7 +50,8 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 # The keys of a report entry, in order; all but saved_by_earlier_run are cpr_restore's.
 KEYS = ("name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
-        "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place")
+        "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "restored_at_boot",
+        "boot_restore_seconds")
 
 
 def vm_reports(restored: Iterable[Mapping[str, Any]], saved_by_earlier_run: Iterable[str] = ()) -> List[Dict[str, Any]]:

@@ -10,13 +10,17 @@ scripts/test.sh (CI) does:
    The role's check fails after the reboot, its rescue restores every VM on the running kernel, the rollout
    stops; a re-run with the right release finds nothing left to do.
 2. ansible-playbook is killed (SIGKILL, its whole process tree) right after the kexec, while the role waits
-   for the host: the VMs stay saved; a re-run with the killed run's id restores them from their manifests.
+   for the host: the boot restore (run by the L1 host's init) brings the VMs back anyway; a re-run with the
+   killed run's id verifies them and finishes the clean-up, without a second kexec.
 3. ansible-playbook is killed right after `kexec --load` (as soon as /sys/kernel/kexec_loaded says 1), before
    the save. The controller may already have started the save on the host, which then finishes without it:
    the test waits until no module runs there and accepts either outcome, both VMs untouched or both saved
    with manifests and state files; a re-run with the killed run's id kexecs the host and restores them.
 4. The target kernel is missing, then not loadable by kexec: each run fails before any VM stops; a re-run
    naming a kernel that is there kexecs the host and restores both VMs.
+5. One VM's state file is damaged between the save and the kexec (an operator's pre-reboot task does it): the
+   boot restore restores the other VM and keeps this one down with its files; the role fails the host naming it;
+   once the file is mended, a re-run with the run's id restores it.
 The rows land in the fault campaign table (tests/conftest.py, tests/output/faults.json).
 """
 
@@ -172,6 +176,17 @@ def _explain(output):
     return output[-6000:]
 
 
+def _host_blackout(entry):
+    """The report's host blackout as a short text for the log and the campaign table."""
+    blackout = entry.get("host_blackout")
+    if not blackout:
+        return "no host blackout reported"
+    to_userspace = blackout["to_userspace_seconds"]
+    return (f"host blackout {blackout['seconds']:.1f} s from the {blackout['from']}, "
+            f"{to_userspace:.1f} s of it to the new userspace" if to_userspace is not None else
+            f"host blackout {blackout['seconds']:.1f} s from the {blackout['from']}")
+
+
 def _next_kernel(lab):
     """(kernel, boot id) now, the lab's other kernel to kexec into, and the -e options that name it."""
     kernel, boot_id = lab.facts()
@@ -251,7 +266,10 @@ def test_a_host_back_on_the_wrong_kernel_gets_its_vms_back_and_stops_the_rollout
     entry = lab.report("wrong1")
     assert entry["status"] == "failed" and entry["rebooted"], entry
     assert entry["still_saved"] == [] and sorted(vm["name"] for vm in entry["vms"]) == ["g0", "g1"], entry
-    _log("wrong-kernel report: " + json.dumps({k: entry[k] for k in ("status", "phase", "error", "blackout_seconds")}))
+    # The boot restore does not know the target: it restored both on the kernel that runs, before the check.
+    assert all(vm["restored_at_boot"] for vm in entry["vms"]), entry
+    _log("wrong-kernel report: " + json.dumps({k: entry[k] for k in ("status", "phase", "error", "blackout_seconds")})
+         + "; " + _host_blackout(entry))
 
     # A re-run with the right release: the host already runs it, nothing is left to do.
     started = time.monotonic()
@@ -264,8 +282,9 @@ def test_a_host_back_on_the_wrong_kernel_gets_its_vms_back_and_stops_the_rollout
     ok, report = lab.check(new)
     assert ok, json.dumps(report, indent=2)
     campaign("host back on the wrong kernel", "role: after the kexec (kexec lab, real L1 host)",
-             f"failed naming the running kernel and the target; the rescue restored both VMs (pmem, private RAM) on "
-             f"it, RAM identical; rollout stopped (run {seconds:.0f} s); a re-run with the right release: unchanged",
+             f"failed naming the running kernel and the target; the boot restore had restored both VMs (pmem, private "
+             f"RAM) on it, the rescue verified them, RAM identical; rollout stopped (run {seconds:.0f} s); a re-run "
+             f"with the right release: unchanged",
              _guest_losses(report, manifests), files_lost, True)
 
 
@@ -295,27 +314,12 @@ def test_a_run_killed_after_the_kexec_is_finished_by_a_rerun_with_its_id(lab, ca
             assert time.monotonic() < deadline, "the host did not come back"
             time.sleep(2)
     assert kernel == target and boot_id != boot_before
+    # No controller: the boot restore brought both VMs back; their manifests wait for cpr_restore's clean-up.
     manifests, files_lost = lab.left()
     assert manifests == ["g0.json", "g1.json"], manifests
     ok, report = lab.check(target)
-    assert not ok and not any(guest["ok"] for guest in report["hosts"][0]["guests"]), "the VMs are saved, not back"
+    assert ok, "both VMs are back without the controller: " + json.dumps(report, indent=2)
     vms_lost = _guest_losses(report, manifests)
-
-    # Before the controller comes back, something starts g1 (private RAM) cold from its own command line, as an
-    # enabled unit would at boot: the re-run must not take it for the restored VM.
-    cold = int(lab.ssh(COLD_BOOT.format(manifest=f"{STATE_DIR}/g1.json")).strip())
-    started = time.monotonic()
-    code, output = lab.play("killed1", *pin)
-    _log(f"re-run with a cold g1 running: {time.monotonic() - started:.0f} s, exit {code}")
-    assert code != 0 and f"VM g1: a QEMU of this name runs that no restore started (pid {cold}" in output, _explain(output)
-    entry = lab.report("killed1")
-    assert entry["still_saved"] == ["g1"] and [vm["name"] for vm in entry["vms"]] == ["g0"], entry
-    cold_left = lab.left()
-    assert cold_left == (["g1.json"], 0), cold_left
-    lab.ssh(f"kill -9 {cold}")
-    campaign("saved VM started cold from its command line", "after the kexec, before cpr_restore (kexec lab)",
-             "the re-run restored the other VM and refused this one naming the process; its state file and manifest "
-             "kept; after the cold one was stopped, a re-run restored it, RAM identical", vms_lost, cold_left[1], True)
 
     started = time.monotonic()
     code, output = lab.play("killed1", *pin)
@@ -324,21 +328,17 @@ def test_a_run_killed_after_the_kexec_is_finished_by_a_rerun_with_its_id(lab, ca
     assert code == 0, _explain(output)
     entry = lab.report("killed1")
     assert entry["status"] == "updated" and not entry["rebooted"], entry
-    assert [(vm["name"], vm["saved_by_earlier_run"]) for vm in entry["vms"]] == [("g1", True)], entry
+    assert [(vm["name"], vm["saved_by_earlier_run"], vm["restored_at_boot"]) for vm in entry["vms"]] == [
+        ("g0", True, True), ("g1", True, True)], entry
     assert lab.facts() == (target, boot_id), "the re-run did not reboot the host again"
     ok, report = lab.check(target)
     assert ok, json.dumps(report, indent=2)
     assert lab.left() == ([], 0)
+    assert lab.ssh(f"ls -A {STATE_DIR}/.boot-restore 2>/dev/null || true").split() == [], "the boot entry is gone"
     campaign("ansible-playbook killed (SIGKILL)", "role: after the kexec, before cpr_restore (kexec lab)",
-             f"both VMs stay saved on the kernel it kexec'd into, manifests and state files kept; a re-run with the killed run's "
-             f"id restored them, RAM identical, without a second kexec ({seconds:.0f} s)",
-             vms_lost, files_lost, True)
-
-
-# Start a saved VM's own command line afresh, detached, as something that starts VMs at boot would; print its pid.
-COLD_BOOT = ("python3 -c 'import json, subprocess; m = json.load(open(\"{manifest}\")); "
-             "print(subprocess.Popen(m[\"argv\"], cwd=m[\"cwd\"], stdin=subprocess.DEVNULL, "
-             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True).pid)'")
+             f"the controller never came back: the boot restore brought both VMs back on the kernel it kexec'd into, "
+             f"RAM identical, manifests kept; a re-run with the killed run's id verified them and cleaned up without a "
+             f"second kexec ({seconds:.0f} s)", vms_lost, files_lost, True)
 
 
 def _modules_running(lab):
@@ -411,3 +411,52 @@ def test_a_missing_or_unloadable_kernel_touches_nothing_and_a_rerun_with_the_ker
              f"refused in the preflight naming the file; no VM touched; {rerun}", *rows[0], True)
     campaign("target kernel not loadable by kexec", "role: kexec --load, before any VM stops (kexec lab)",
              f"failed naming the kernel and kexec's words; no VM touched; {rerun}", *rows[1], True)
+
+
+# An operator's task before the reboot (kernel_update_pre_reboot_tasks) that damages g0's state file, keeping a copy.
+DAMAGE_TASKS = """- name: Damage g0's state file after the save, keeping a good copy (fault campaign)
+  ansible.builtin.shell: >-
+    cp {state_dir}/g0.state /var/tmp/g0.state.good &&
+    printf 'damaged' | dd of={state_dir}/g0.state bs=1 seek=512 conv=notrunc status=none
+  changed_when: true
+"""
+
+
+def test_a_state_file_damaged_before_the_kexec_keeps_that_vm_down_and_the_others_come_back(lab, campaign):
+    _kernel_before, boot_before, target, pin = _next_kernel(lab)
+    damage = os.path.join(lab.workdir, "damage-g0.yml")
+    with open(damage, "w", encoding="utf-8") as handle:
+        handle.write(DAMAGE_TASKS.format(state_dir=STATE_DIR))
+    started = time.monotonic()
+    code, output = lab.play("damaged1", *pin, "-e", json.dumps({"kernel_update_pre_reboot_tasks": [damage]}))
+    seconds = time.monotonic() - started
+    _log(f"run with g0's state damaged before the kexec: {seconds:.0f} s, exit {code}")
+    assert code != 0 and "Still saved, not restored: g0" in output, _explain(output)
+    kernel, boot_id = lab.facts()
+    assert kernel == target and boot_id != boot_before
+    entry = lab.report("damaged1")
+    assert entry["still_saved"] == ["g0"], entry
+    assert [(vm["name"], vm["restored_at_boot"]) for vm in entry["vms"]] == [("g1", True)], entry
+    assert [vm["name"] for vm in entry["boot_restore"]["failed"]] == ["g0"], entry["boot_restore"]
+    manifests, files_lost = lab.left()
+    assert manifests == ["g0.json"] and files_lost == 0, (manifests, files_lost)
+    ok, report = lab.check(target)
+    guests = {guest["name"]: guest["ok"] for guest in report["hosts"][0]["guests"]}
+    assert guests == {"g0": False, "g1": True}, json.dumps(report, indent=2)
+    vms_lost = _guest_losses(report, manifests)
+    _log(f"damaged g0: kept down with its files, g1 back at boot; {_host_blackout(entry)}")
+
+    # The operator mends the file (here: puts the good copy back) and runs again with the run's id.
+    lab.ssh(f"mv /var/tmp/g0.state.good {STATE_DIR}/g0.state")
+    code, output = lab.play("damaged1", *pin)
+    assert code == 0, _explain(output)
+    entry = lab.report("damaged1")
+    assert entry["status"] == "updated" and [vm["name"] for vm in entry["vms"]] == ["g0"], entry
+    assert lab.facts() == (target, boot_id), "the re-run did not reboot the host again"
+    ok, report = lab.check(target)
+    assert ok, json.dumps(report, indent=2)
+    assert lab.left() == ([], 0)
+    campaign("state file damaged before the reboot", "boot restore, after the kexec (kexec lab)",
+             "the boot restore refused that VM (checksum), kept it down with its files and restored the other; the "
+             "role failed the host naming it; once the file was mended a re-run with the run's id restored it, RAM "
+             "identical", vms_lost, files_lost, True)

@@ -8,10 +8,12 @@ PLAN = {"host": "hv1", "needed": True, "reboot_method": "kexec", "reboot": True,
         "kernel_target": "6.1.0-28-amd64", "vms": ["web1", "web2"], "pending_vms": [], "unsupported_vms": []}
 REPORT = {"host": "hv1", "status": "updated", "reboot_method": "kexec", "kernel_before": "6.1.0-27-amd64",
           "kernel_after": "6.1.0-28-amd64", "kernel_target": "6.1.0-28-amd64", "blackout_seconds": 19.8,
+          "host_blackout": {"from": "reboot command", "seconds": 9.1, "to_userspace_seconds": 7.9},
+          "boot_restore": {"vms": [{"name": "web1"}], "failed": []},
           "vms": [{"name": "web1"}], "left_out": [], "shut_down": [], "started": [], "still_saved": [],
           "still_stopped": [], "phase": None, "error": None}
-EMPTY = {"blackout_seconds": None, "kernel_after": None, "vms": [], "left_out": [], "shut_down": [], "started": [],
-         "still_saved": [], "still_stopped": []}
+EMPTY = {"blackout_seconds": None, "host_blackout": None, "boot_restore": None, "kernel_after": None, "vms": [],
+         "left_out": [], "shut_down": [], "started": [], "still_saved": [], "still_stopped": []}
 
 
 def host(**variables):

@@ -9,13 +9,15 @@ def restored(name, **facts):
     """A cpr_restore vms entry, as the module returns it."""
     entry = {"name": name, "changed": True, "pid": 4711, "runstate": "running", "restore_seconds": 1.5,
              "downtime_seconds": 2.0, "state_kept": False, "runstate_before": "running", "suspended_by_us": False,
-             "paused_at": 1000.0, "back_at": 1002.0, "save_seconds": 0.4, "state_bytes": 339774, "ram_in_place": True}
+             "paused_at": 1000.0, "back_at": 1002.0, "save_seconds": 0.4, "state_bytes": 339774, "ram_in_place": True,
+             "restored_at_boot": False, "boot_restore_seconds": None}
     entry.update(facts)
     return entry
 
 
 REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
-               "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place"]
+               "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "restored_at_boot",
+               "boot_restore_seconds"]
 
 
 @pytest.mark.parametrize("results, earlier, expected", [
@@ -25,7 +27,11 @@ REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_
     ([restored("web1")], [], [{
         "name": "web1", "runstate_before": "running", "runstate": "running", "suspended_by_us": False,
         "saved_by_earlier_run": False, "paused_at": 1000.0, "downtime_seconds": 2.0, "save_seconds": 0.4,
-        "restore_seconds": 1.5, "state_bytes": 339774, "ram_in_place": True}]),
+        "restore_seconds": 1.5, "state_bytes": 339774, "ram_in_place": True, "restored_at_boot": False,
+        "boot_restore_seconds": None}]),
+    # One the boot restore brought back: when, and how long its restore took there.
+    ([restored("web1", restored_at_boot=True, boot_restore_seconds=0.8)], [], [
+        {"name": "web1", "restored_at_boot": True, "boot_restore_seconds": 0.8}]),
     # A guest the save suspended comes back running; one an earlier run saved is marked so.
     ([restored("gpu1", runstate_before="suspended", suspended_by_us=True), restored("db1")], ["db1", "gone"], [
         {"name": "gpu1", "runstate_before": "suspended", "runstate": "running", "saved_by_earlier_run": False},
