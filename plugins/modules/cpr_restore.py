@@ -23,6 +23,10 @@ description:
   - A running QEMU of a saved VM's name is taken for the VM only when it is the one a restore started (recorded in
     C(<state_dir>/<name>.restoring) before the restore waits for it) or the very one that was saved. Any other was
     started afresh by something else; the module fails for that VM, naming the process, and keeps its files.
+  - A VM that M(hypervisor.cpr.boot_restore) brought back at this boot is found back (the pid it recorded proves the
+    QEMU is the one it started), verified like any other (runstate, guest agent) and cleaned up; the result reports
+    what the boot restore did (RV(boot_restore)) and the host's blackout across the reboot (RV(host_blackout)). A boot
+    restore still at work is waited for (up to O(timeout)): it holds the state directory's lock.
   - The new QEMU is detached so it outlives the module. When systemd runs the host it is started under
     C(systemd-run) as a transient unit, so systemd supervises it; otherwise in a session of its own, with its output
     in C(<state_dir>/<name>.log).
@@ -163,6 +167,67 @@ vms:
     ram_in_place:
       description: Whether guest RAM stayed in place rather than being copied into the state file.
       type: bool
+    restored_at_boot:
+      description: Whether M(hypervisor.cpr.boot_restore) brought the VM back at boot (this call verified it).
+      type: bool
+    boot_restore_seconds:
+      description: Seconds the boot restore took for this VM; V(null) when it was not restored at boot.
+      type: float
+boot_restore:
+  description:
+    - What M(hypervisor.cpr.boot_restore) did at this boot, V(null) when it did not run on this boot.
+  returned: when not in check mode
+  type: dict
+  contains:
+    run_id:
+      description: The run whose VMs it restored.
+      type: str
+    kernel:
+      description: The kernel it ran on.
+      type: str
+    started_at:
+      description: When it started, in seconds since the epoch (the new kernel's userspace was up).
+      type: float
+    finished_at:
+      description: When it was done with every VM; V(null) if it never finished.
+      type: float
+    vms:
+      description: The VMs it brought back, each with C(name), C(pid), C(back_at) and C(seconds).
+      type: list
+      elements: dict
+    failed:
+      description: The VMs it could not bring back, each with C(name) and C(error); their files are kept.
+      type: list
+      elements: dict
+host_blackout:
+  description:
+    - The host's blackout across its reboot, from the reboot command (the boot entry's mark, touched right before the
+      kernel is left) or, without one, from the new kernel's start, to the last VM back. V(null) when no VM restored
+      was saved before this boot.
+  returned: when not in check mode
+  type: dict
+  contains:
+    from:
+      description: Where it starts, V(reboot command) or V(kernel start).
+      type: str
+    started_at:
+      description: That moment, in seconds since the epoch.
+      type: float
+    kernel_started_at:
+      description: When the running kernel started, in seconds since the epoch.
+      type: float
+    userspace_at:
+      description: When the boot restore started, in seconds since the epoch; V(null) without a boot restore.
+      type: float
+    last_back_at:
+      description: When the last VM was back, in seconds since the epoch.
+      type: float
+    seconds:
+      description: The blackout, RV(host_blackout.last_back_at) minus RV(host_blackout.started_at).
+      type: float
+    to_userspace_seconds:
+      description: The part of it until the new kernel's userspace ran the boot restore (shutdown, kexec, kernel boot).
+      type: float
 would_restore:
   description: Names of the VMs this call restores (or in check mode would restore).
   returned: always
