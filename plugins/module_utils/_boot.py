@@ -289,22 +289,28 @@ def _remove_unit(reload: bool) -> None:
 # --------------------------------------------------------------------------- at boot
 
 
+def _say(message: str, error: bool = False) -> None:
+    """A line for the journal (systemd) or the console (the host's init): at boot no module logs for us."""
+    stream = sys.stderr if error else sys.stdout
+    stream.write(f"hypervisor.cpr boot restore: {message}\n")
+    stream.flush()
+
+
 def main(state_dir_path: str) -> int:
     """The boot entry's program (its boot.py calls it): restore, and say what happened on the journal or console."""
     started = time.time()
     try:
         result = run_at_boot(state_dir_path, started)
     except CprError as exc:
-        print(f"hypervisor.cpr boot restore: {exc}", file=sys.stderr, flush=True)
+        _say(str(exc), error=True)
         return 1
     if result is None:
-        print("hypervisor.cpr boot restore: nothing to do (no armed entry, or the host has not rebooted)", flush=True)
+        _say("nothing to do (no armed entry, or the host has not rebooted)")
         return 0
     for vm in result["vms"]:
-        print(f"hypervisor.cpr boot restore: VM {vm['name']} back (QEMU pid {vm['pid']}) in {vm['seconds']:.2f} s",
-              flush=True)
+        _say(f"VM {vm['name']} back (QEMU pid {vm['pid']}) in {vm['seconds']:.2f} s")
     for vm in result["failed"]:
-        print(f"hypervisor.cpr boot restore: VM {vm['name']} not restored: {vm['error']}", file=sys.stderr, flush=True)
+        _say(f"VM {vm['name']} not restored: {vm['error']}", error=True)
     return 1 if result["failed"] else 0
 
 

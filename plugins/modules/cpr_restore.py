@@ -26,7 +26,7 @@ description:
   - A VM that M(hypervisor.cpr.boot_restore) brought back at this boot is found back (the pid it recorded proves the
     QEMU is the one it started), verified like any other (runstate, guest agent) and cleaned up; the result reports
     what the boot restore did (RV(boot_restore)) and the host's blackout across the reboot (RV(host_blackout)). A boot
-    restore still at work is waited for (up to O(timeout)): it holds the state directory's lock.
+    restore still at work is waited for, up to O(timeout), as it holds the state directory's lock.
   - The new QEMU is detached so it outlives the module. When systemd runs the host it is started under
     C(systemd-run) as a transient unit, so systemd supervises it; otherwise in a session of its own, with its output
     in C(<state_dir>/<name>.log).
