@@ -247,6 +247,10 @@ def write_inventory(workdir: Path, lab: dict[str, Any]) -> None:
                   f"          ansible_ssh_private_key_file: {key}",
                   "          ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
                   "          ansible_python_interpreter: /usr/bin/python3",
+                  # A TCG host running TCG guests on a busy machine can take more than the default 10 s to
+                  # answer an SSH banner.
+                  "          ansible_ssh_timeout: 60",
+                  "          ansible_ssh_retries: 3",
                   # busybox init runs the boot restore (l1/rc): no systemd unit to install.
                   "          kernel_update_boot_restore_init: script",
                   f"          lab_old_kernel: {lab['old_kernel']}",
