@@ -41,6 +41,15 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._boot_entry import 
     BootDir,
     boot_dir_path,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._boot_unit import (
+    UNSAFE_CHARS,
+    install_unit,
+    installed_unit,
+    remove_unit,
+    unit_enabled,
+    unit_path,
+    unit_text,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._directory import check_path
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, OptionError
@@ -51,24 +60,14 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import Res
 from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import check_run
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import MANIFEST_SUFFIX, StateDir
 from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import binary_problem
-from ansible_collections.hypervisor.cpr.plugins.module_utils._units import UNIT_DIR, systemctl
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
 
 INIT_CHOICES = ("auto", "systemd", "script")
-ENTRY_UNIT = "hypervisor-cpr-boot-restore.service"
-WANTED_BY = "multi-user.target"
-# The services that start VMs at boot: the boot restore runs before them.
-VM_STARTERS = ("libvirtd.service", "virtqemud.service", "libvirt-guests.service", "pve-guests.service",
-               "ganeti.service", "machines.target")
 PACKAGE = "ansible_collections.hypervisor.cpr.plugins.module_utils"
 # What the engine imports beside the standard library; the host's Python must import it at boot as it is, with -I.
 DEPENDENCIES = ("qemu.qmp",)
 # Every entry of the zip gets this time: the same engine makes the same bytes, so an entry is not rewritten needlessly.
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# systemd gives up on the unit this long after the restore's own timeout would have ended it.
-UNIT_TIMEOUT_MARGIN = 60
-# Characters a path in the unit (ExecStart, RequiresMountsFor) cannot hold without quoting systemd does not have.
-_UNIT_UNSAFE = set(" \t\n\"'\\%;$`")
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def install(state_dir_path: str, run_id: str, options: BootOptions = BootOptions
     python = sys.executable
     _check_python(python)
     path = boot_dir_path(state_dir_path)
-    if init == "systemd" and _UNIT_UNSAFE & set(path + python):
+    if init == "systemd" and UNSAFE_CHARS & set(path + python):
         raise OptionError(f"a systemd unit cannot run {python} on {path}: the paths hold a space, quote, backslash, "
                           "%, ; or $", hint="use a state_dir and a Python whose paths have none")
     files = {ENGINE: (engine_zip(), 0o600), LAUNCHER: (_launcher(state_dir_path, path), 0o600)}
@@ -101,9 +100,9 @@ def install(state_dir_path: str, run_id: str, options: BootOptions = BootOptions
         files[RUN_SCRIPT] = (_run_script(python, path), 0o700)
     config = {"run_id": run_id, "saved_boot_id": boot_id(), "timeout": options.timeout,
               "launch": {"mode": options.launcher.mode, "unit": options.launcher.unit}}
-    unit = _unit(python, state_dir_path, path, options.timeout) if init == "systemd" else None
+    unit = unit_text(python, state_dir_path, os.path.join(path, CONFIG), os.path.join(path, LAUNCHER), options.timeout) if init == "systemd" else None
     result = {"state": "present", "init": init, "run_id": run_id, "python": python,
-              "entry": os.path.join(UNIT_DIR, ENTRY_UNIT) if unit else os.path.join(path, RUN_SCRIPT),
+              "entry": unit_path() if unit else os.path.join(path, RUN_SCRIPT),
               "reboot_mark": os.path.join(path, REBOOT_MARK)}
     with StateDir.open(state_dir_path) as state_dir:
         if not state_dir.exists and check_mode:
@@ -112,7 +111,7 @@ def install(state_dir_path: str, run_id: str, options: BootOptions = BootOptions
         with state_dir.lock(), BootDir.open(path) as boot:
             check_run(state_dir, run_id)
             armed = boot.read_object(CONFIG)
-            changed = (armed != config or _read_text(_unit_path()) != unit or _enabled() != bool(unit)
+            changed = (armed != config or installed_unit() != unit or unit_enabled() != bool(unit)
                        or any(boot.read_bytes(name) != content for name, (content, _mode) in files.items())
                        or (init == "systemd" and boot.has(RUN_SCRIPT)))
             if changed and not check_mode:
@@ -121,7 +120,7 @@ def install(state_dir_path: str, run_id: str, options: BootOptions = BootOptions
                 boot.remove(CONFIG, RUN_SCRIPT, REBOOT_MARK, RESULT)
                 for name, (content, mode) in files.items():
                     boot.write_file(name, content, mode)
-                _install_unit(unit)
+                install_unit(unit)
                 boot.write_json(CONFIG, config)
     warnings = [] if options.init != "auto" or init == "systemd" else [
         f"systemd does not run this host: the VMs come back at boot only if its init runs {result['entry']} once the "
@@ -133,7 +132,7 @@ def remove(state_dir_path: str, run_id: Optional[str] = None, timeout: float = 3
            check_mode: bool = False) -> Dict[str, Any]:
     """Remove the boot entry and the result of its last run (once cpr_restore reported it); for state absent."""
     check_path(state_dir_path)
-    unit_there = os.path.exists(_unit_path()) or _enabled()
+    unit_there = installed_unit() is not None or unit_enabled()
     with StateDir.open(state_dir_path) as state_dir:
         if not state_dir.exists:
             entries: List[str] = []
@@ -147,9 +146,9 @@ def remove(state_dir_path: str, run_id: Optional[str] = None, timeout: float = 3
                 if not check_mode:
                     boot.remove_dir()
         if unit_there and not check_mode:
-            _remove_unit(reload=True)
+            remove_unit(reload=True)
     removed = [os.path.join(boot_dir_path(state_dir_path), e) for e in entries]
-    removed += [os.path.join(UNIT_DIR, ENTRY_UNIT)] if unit_there else []
+    removed += [unit_path()] if unit_there else []
     return {"changed": bool(removed), "state": "absent", "removed": removed}
 
 
@@ -217,75 +216,6 @@ def _run_script(python: str, path: str) -> bytes:
         f"exec {shlex.quote(python)} -I -B {shlex.quote(os.path.join(path, LAUNCHER))}\n").encode()
 
 
-def _unit(python: str, state_dir_path: str, path: str, timeout: float) -> str:
-    return (
-        "# Written by hypervisor.cpr's boot_restore module: at the next boot it brings back the VMs saved before the\n"
-        "# reboot, once, then removes itself. boot_restore state=absent removes it too.\n"
-        "[Unit]\n"
-        "Description=Restore the VMs hypervisor.cpr saved before this reboot\n"
-        f"RequiresMountsFor={state_dir_path}\n"
-        "After=local-fs.target\n"
-        f"Before={WANTED_BY} {' '.join(VM_STARTERS)}\n"
-        f"ConditionPathExists={os.path.join(path, CONFIG)}\n\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        f"ExecStart={python} -I -B {os.path.join(path, LAUNCHER)}\n"
-        f"TimeoutStartSec={int(timeout) + UNIT_TIMEOUT_MARGIN}\n"
-        "# The QEMUs it starts run in transient units of their own.\n"
-        "KillMode=process\n\n"
-        "[Install]\n"
-        f"WantedBy={WANTED_BY}\n")
-
-
-def _unit_path() -> str:
-    return os.path.join(UNIT_DIR, ENTRY_UNIT)
-
-
-def _wants_path() -> str:
-    return os.path.join(UNIT_DIR, f"{WANTED_BY}.wants", ENTRY_UNIT)
-
-
-def _enabled() -> bool:
-    return os.path.islink(_wants_path())
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _install_unit(unit: Optional[str]) -> None:
-    """Write and enable the unit (init systemd), or remove one an earlier entry left (init script)."""
-    if unit is None:
-        if os.path.exists(_unit_path()) or _enabled():
-            _remove_unit(reload=systemd_runs_host())
-        return
-    tmp = _unit_path() + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(unit)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, _unit_path())
-    hint = "the boot entry could not be armed; no VM was touched"
-    systemctl(["daemon-reload"], hint)
-    systemctl(["enable", ENTRY_UNIT], hint)
-
-
-def _remove_unit(reload: bool) -> None:
-    """Remove the unit and its enablement; reload: tell systemd (not at boot, from inside the unit itself)."""
-    for path in (_wants_path(), _unit_path()):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    if reload:
-        systemctl(["daemon-reload"], "the boot entry's unit is removed, but systemd still knows it until a reload")
-
-
 # --------------------------------------------------------------------------- at boot
 
 
@@ -349,7 +279,7 @@ def run_at_boot(state_dir_path: str, started: float) -> Optional[Dict[str, Any]]
 def _disarm(boot: BootDir) -> None:
     """The entry runs once: whatever happens next, no later boot runs it again."""
     boot.remove(CONFIG, LAUNCHER, RUN_SCRIPT, REBOOT_MARK)
-    _remove_unit(reload=False)
+    remove_unit(reload=False)
 
 
 def _manifests_of(state_dir: StateDir, run_id: str,

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils import _boot
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _boot, _boot_unit
 from ansible_collections.hypervisor.cpr.plugins.module_utils._boot import BootOptions, engine_zip, install, remove
 from ansible_collections.hypervisor.cpr.plugins.module_utils._boot_entry import boot_dir_path
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import OptionError
@@ -35,9 +35,10 @@ def systemd(tmp_path, monkeypatch):
         if args[0] == "enable":
             os.symlink(unit_dir / args[1], unit_dir / "multi-user.target.wants" / args[1])
 
-    monkeypatch.setattr(_boot, "UNIT_DIR", str(unit_dir))
-    monkeypatch.setattr(_boot, "systemctl", systemctl)
-    monkeypatch.setattr(_boot, "systemd_runs_host", lambda: True)
+    monkeypatch.setattr(_boot_unit, "UNIT_DIR", str(unit_dir))
+    monkeypatch.setattr(_boot_unit, "systemctl", systemctl)
+    for module in (_boot, _boot_unit):
+        monkeypatch.setattr(module, "systemd_runs_host", lambda: True)
     return unit_dir, calls
 
 
