@@ -91,36 +91,32 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Save, kexec, and have the VMs back the moment the new kernel is up
-  hosts: hypervisors
-  become: true
-  vars:
-    run_id: "{{ awx_job_id | default(ansible_date_time.epoch) }}"
-  tasks:
-    - name: Arm the boot restore for this run
-      hypervisor.cpr.boot_restore:
-        run_id: "{{ run_id }}"
-      register: entry
+# Save, kexec, and have the VMs back the moment the new kernel is up (run_id: this run's, e.g. AWX's job id).
+- name: Arm the boot restore for this run
+  hypervisor.cpr.boot_restore:
+    run_id: "{{ run_id }}"
+  register: entry
 
-    - name: Save every VM
-      hypervisor.cpr.cpr_save:
-        run_id: "{{ run_id }}"
+- name: Save every VM
+  hypervisor.cpr.cpr_save:
+    run_id: "{{ run_id }}"
 
-    - name: Kexec into the loaded kernel, marking when
-      ansible.builtin.reboot:
-        reboot_command: "touch {{ entry.reboot_mark | quote }}; systemctl kexec"
+- name: Kexec into the loaded kernel, touching the mark where the host's blackout starts
+  ansible.builtin.reboot:
+    reboot_command: /bin/sh -c 'touch -- "$1"; exec systemctl kexec' sh {{ entry.reboot_mark | quote }}
 
-    - name: Verify and clean up what the boot restore did (and restore what it did not)
-      hypervisor.cpr.cpr_restore:
-        run_id: "{{ run_id }}"
-      register: restored
+- name: Verify and clean up what the boot restore did (and restore what it did not)
+  hypervisor.cpr.cpr_restore:
+    run_id: "{{ run_id }}"
+  register: restored
 
-    - name: Remove the boot entry
-      hypervisor.cpr.boot_restore:
-        state: absent
-        run_id: "{{ run_id }}"
+- name: Remove the boot entry
+  hypervisor.cpr.boot_restore:
+    state: absent
+    run_id: "{{ run_id }}"
 
-- name: On a host whose init is not systemd, have its boot scripts run the entry
+# On a host whose init is not systemd, its boot scripts must run the entry's run script.
+- name: Arm the boot restore for the host's own init
   hypervisor.cpr.boot_restore:
     run_id: "{{ run_id }}"
     init: script
