@@ -185,9 +185,10 @@ def _redact_value(option: str, value: str) -> str:
 
 
 def _redact_dict(data: Dict[str, Any], secret_object: bool) -> Dict[str, Any]:
-    return {key: REDACTED if (isinstance(val, str) and (_SECRET_KEYS.search(key) or (secret_object and key in
-                                                                                        ("data", "iv"))))
-            else _redact_dict(val, False) if isinstance(val, dict) else val
+    def secret(key: str, val: Any) -> bool:
+        return isinstance(val, str) and bool(_SECRET_KEYS.search(key) or (secret_object and key in ("data", "iv")))
+
+    return {key: REDACTED if secret(key, val) else _redact_dict(val, False) if isinstance(val, dict) else val
             for key, val in data.items()}
 
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
 from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection, select_vms
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
+
+
+# What vm_status says of a QEMU it was not asked about, read from /proc only.
+OTHER_KEYS = ("name", "pid", "exe", "managed_by", "recognised_by", "unit", "problem")
 
 
 def status(selection: Selection, options: FactsOptions, state_dir_path: Optional[str] = None) -> Dict[str, Any]:
@@ -32,5 +37,8 @@ def status(selection: Selection, options: FactsOptions, state_dir_path: Optional
             result.update(state_dir.pending(boot_id()))
         held = {vm["name"] for vm in result["saved"] + result["stopped"]}
     result["vms"] = [f.to_dict() for f in select_vms(selection, options, held)]
+    selected = {vm["pid"] for vm in result["vms"] if vm["pid"]}
+    # A reboot takes every QEMU of the host down, the ones not selected too: they are accounted for here.
+    result["others"] = [{key: getattr(e, key) for key in OTHER_KEYS} for e in discover() if e.pid not in selected]
     result["warnings"] = [vm["error"] for vm in result["vms"] if vm["error"]]
     return result

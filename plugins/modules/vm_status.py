@@ -296,6 +296,36 @@ vms:
     error:
       description: Why the VM could not be asked, or V(null).
       type: str
+others:
+  description:
+    - Every other QEMU process of the host, the ones O(names), O(vms) or O(query) did not select, read from C(/proc)
+      only (none is asked over QMP). A reboot takes them down as well.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Its VM's name (C(-name)), or C(qemu-<pid>) without one.
+      type: str
+    pid:
+      description: Process id of its QEMU.
+      type: int
+    exe:
+      description: The binary it runs.
+      type: str
+    managed_by:
+      description: Who runs it, as RV(vms[].managed_by).
+      type: str
+    recognised_by:
+      description: The signs that told, as RV(vms[].recognised_by).
+      type: list
+      elements: str
+    unit:
+      description: Its systemd unit, or V(null).
+      type: str
+    problem:
+      description: Why hypervisor.cpr cannot drive it, or V(null), as RV(vms[].problem).
+      type: str
 saved:
   description: The VMs O(state_dir) holds saved and not yet restored, sorted by name; what their manifests record.
   returned: when O(state_dir) is set

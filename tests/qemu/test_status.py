@@ -35,9 +35,13 @@ def test_a_qemu_whose_binary_was_replaced_runs_replaced_code(qemu, tmp_path):
 def test_a_state_directory_lists_what_it_holds(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["held", "free"])
     state_dir = os.path.join(vm_dir, "state")
-    assert status(Selection(names=["held"]), FactsOptions(timeout=5), state_dir) == {
-        "changed": False, "saved": [], "stopped": [], "warnings": [],
-        "vms": status(Selection(names=["held"]), FactsOptions(timeout=5))["vms"]}
+    before = status(Selection(names=["held"]), FactsOptions(timeout=5), state_dir)
+    assert (before["saved"], before["stopped"], before["warnings"]) == ([], [], [])
+    assert [vm["name"] for vm in before["vms"]] == ["held"]
+    # The VM not selected is accounted for among the others, from /proc only.
+    [free] = [other for other in before["others"] if other["pid"] == vms[1].pid]
+    assert free == {"name": "free", "pid": vms[1].pid, "exe": shutil.which("qemu-system-x86_64"), "managed_by": "none",
+                    "recognised_by": [], "unit": None, "problem": None}
     saved = save(Selection(names=["held"]), state_dir, SaveOptions(reboot="none", timeout=60))["vms"][0]
 
     # The saved VM is no longer running and not an unknown name: it is listed as saved.

@@ -1,0 +1,53 @@
+"""hypervisor.cpr.vm_reports: the kernel_update role's report entries, from cpr_restore's results."""
+
+import pytest
+
+from ansible_collections.hypervisor.cpr.plugins.filter.vm_reports import FilterModule, vm_reports
+
+
+def restored(name, **facts):
+    """A cpr_restore vms entry, as the module returns it."""
+    entry = {"name": name, "changed": True, "pid": 4711, "runstate": "running", "restore_seconds": 1.5,
+             "downtime_seconds": 2.0, "state_kept": False, "runstate_before": "running", "suspended_by_us": False,
+             "paused_at": 1000.0, "back_at": 1002.0, "save_seconds": 0.4, "state_bytes": 339774, "ram_in_place": True}
+    entry.update(facts)
+    return entry
+
+
+REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
+               "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place"]
+
+
+@pytest.mark.parametrize("results, earlier, expected", [
+    # Nothing restored.
+    ([], [], []),
+    # One VM this run saved: every key the README documents, nothing else (no pid, back_at...).
+    ([restored("web1")], [], [{
+        "name": "web1", "runstate_before": "running", "runstate": "running", "suspended_by_us": False,
+        "saved_by_earlier_run": False, "paused_at": 1000.0, "downtime_seconds": 2.0, "save_seconds": 0.4,
+        "restore_seconds": 1.5, "state_bytes": 339774, "ram_in_place": True}]),
+    # A guest the save suspended comes back running; one an earlier run saved is marked so.
+    ([restored("gpu1", runstate_before="suspended", suspended_by_us=True), restored("db1")], ["db1", "gone"], [
+        {"name": "gpu1", "runstate_before": "suspended", "runstate": "running", "saved_by_earlier_run": False},
+        {"name": "db1", "runstate_before": "running", "runstate": "running", "saved_by_earlier_run": True}]),
+    # The role's restore and its rescue's both name web1: the first entry wins, the order is kept.
+    ([restored("web1", restore_seconds=1.0), restored("web2"), restored("web1", restore_seconds=9.0)], [], [
+        {"name": "web1", "restore_seconds": 1.0}, {"name": "web2", "restore_seconds": 1.5}]),
+    # An entry without the save facts (an older engine): they are null, not an error.
+    ([{"name": "old", "runstate": "paused", "restore_seconds": 0.5, "downtime_seconds": 3.0}], [], [
+        {"name": "old", "runstate_before": None, "runstate": "paused", "suspended_by_us": None, "paused_at": None}]),
+])
+def test_vm_reports(results, earlier, expected):
+    reports = vm_reports(results, earlier)
+    assert [list(report) for report in reports] == [REPORT_KEYS] * len(expected)
+    assert [{key: report[key] for key in wanted} for report, wanted in zip(reports, expected)] == expected
+
+
+def test_the_input_is_not_changed():
+    results = [restored("web1")]
+    vm_reports(results, ["web1"])
+    assert "saved_by_earlier_run" not in results[0] and "pid" in results[0]
+
+
+def test_registered_as_vm_reports():
+    assert FilterModule().filters() == {"vm_reports": vm_reports}
