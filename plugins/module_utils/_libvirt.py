@@ -23,9 +23,9 @@ import socket
 import struct
 import time
 import urllib.parse
-import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
+from xml.etree import ElementTree
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
@@ -45,7 +45,6 @@ _HEADER = struct.Struct("<16sIIII")
 MAGIC_COMPLETE = b"LibvirtQemudSave"
 MAGIC_PARTIAL = b"LibvirtQemudPart"
 IMAGE_FORMATS = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd", 6: "sparse"}
-RECORD_SUFFIX = ".libvirt"
 
 
 def import_libvirt() -> Any:
@@ -163,7 +162,7 @@ class Libvirt:
     def __enter__(self) -> "Libvirt":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def version(self) -> str:

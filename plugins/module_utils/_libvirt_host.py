@@ -20,11 +20,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._host import systemd_runs_host
-from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import Libvirt, save_dir
-from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_state import records
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import (
+    systemd_runs_host,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
+    Libvirt,
+    save_dir,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_state import (
+    records,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 
 GUESTS_DEFAULTS = "/etc/default/libvirt-guests"
@@ -62,7 +69,7 @@ def guests_service_enabled() -> Optional[bool]:
 
 
 def host_config(uri: str) -> Dict[str, Any]:
-    """libvirt-guests and the daemon's settings that act on domains around a reboot, with warnings."""
+    """libvirt-guests and the daemon's settings that act on domains around a reboot, and what they mean for us."""
     guests = dict(GUESTS_DEFAULT_VALUES, **read_assignments(GUESTS_DEFAULTS))
     qemu = read_assignments(QEMU_CONF)
     enabled = guests_service_enabled()
@@ -75,16 +82,16 @@ def host_config(uri: str) -> Dict[str, Any]:
         "auto_start_bypass_cache": qemu.get("auto_start_bypass_cache"),
         "save_dir": save_dir(uri),
     }
-    warnings = []
+    findings = []
     if enabled and guests["ON_BOOT"] == "start":
-        warnings.append("libvirt-guests has ON_BOOT=start: at boot it starts the domains it saved or shut down itself "
+        findings.append("libvirt-guests has ON_BOOT=start: at boot it starts the domains it saved or shut down itself "
                         "at shutdown; a domain libvirt_save saved is shut off before the reboot, so libvirt-guests "
                         "does not handle it, and libvirt starts a domain with a managed save image from that image")
     if config["save_image_format"] == "raw":
-        warnings.append("libvirt writes managed save images in its raw format (qemu.conf save_image_format): with "
+        findings.append("libvirt writes managed save images in its raw format (qemu.conf save_image_format): with "
                         "libvirt 11.2 or later, save_image_format = \"sparse\" writes each page at a fixed place and "
                         "skips unused RAM")
-    return {"config": config, "warnings": warnings}
+    return {"config": config, "findings": findings}
 
 
 def status(uri: str, state_dir_path: Optional[str] = None) -> Dict[str, Any]:

@@ -21,9 +21,11 @@ import asyncio
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import ManifestError, NotAnsweringError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    ManifestError,
+    NotAnsweringError,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
-    RECORD_SUFFIX,
     STATES,
     Libvirt,
     Record,
@@ -31,7 +33,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
     read_image,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import check_name
-from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import (
+    LIBVIRT_SUFFIX,
+    StateDir,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import poll
 
 T = TypeVar("T")
@@ -40,13 +45,13 @@ _KEPT = "its image and record are kept"
 
 def records(state_dir: StateDir, names: Optional[Sequence[str]] = None) -> List[Record]:
     """The records of saved domains (of these names, if given), sorted by name."""
-    return [read_record(state_dir, n) for n in state_dir.entries(RECORD_SUFFIX) if names is None or n in names]
+    return [read_record(state_dir, n) for n in state_dir.entries(LIBVIRT_SUFFIX) if names is None or n in names]
 
 
 def read_record(state_dir: StateDir, name: str) -> Record:
-    data, error = state_dir.read_json(name + RECORD_SUFFIX)
+    data, error = state_dir.read_json(name + LIBVIRT_SUFFIX)
     if data is None or not isinstance(data, dict) or data.get("name") != name:
-        raise ManifestError(f"the record {state_dir.path}/{name}{RECORD_SUFFIX} cannot be used: "
+        raise ManifestError(f"the record {state_dir.path}/{name}{LIBVIRT_SUFFIX} cannot be used: "
                             f"{error or 'it does not name this domain'}", name,
                             hint="inspect it; the domain's managed save image is untouched")
     return Record.from_dict(data)
@@ -54,11 +59,11 @@ def read_record(state_dir: StateDir, name: str) -> Record:
 
 def write_record(state_dir: StateDir, record: Record) -> None:
     check_name(record.name)
-    state_dir.write_json(record.name + RECORD_SUFFIX, record.to_dict())
+    state_dir.write_json(record.name + LIBVIRT_SUFFIX, record.to_dict())
 
 
 def remove_record(state_dir: StateDir, name: str) -> None:
-    state_dir.unlink(name + RECORD_SUFFIX)
+    state_dir.unlink(name + LIBVIRT_SUFFIX)
 
 
 def seal(lv: Libvirt, record: Record) -> None:
@@ -80,7 +85,7 @@ def check_image(lv: Libvirt, record: Record) -> None:
     if not image.exists:
         raise ManifestError(f"{what} is gone, so it cannot come back as it was", record.name,
                             hint="it was not started, since it would boot cold; start it with virsh start once its "
-                            f"saved state is known to be lost, and remove {record.name}{RECORD_SUFFIX}")
+                            f"saved state is known to be lost, and remove {record.name}{LIBVIRT_SUFFIX}")
     hint = (f"it was not started: libvirt would load damaged memory, or boot it cold; {_KEPT}. Put the image back "
             "from a copy, or start it cold with virsh start --force-boot once its saved state is known to be lost")
     if not image.complete:

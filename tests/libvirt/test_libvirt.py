@@ -11,15 +11,25 @@ import threading
 import time
 
 import pytest
-
-from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, ManifestError, SelectionError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    CprError,
+    ManifestError,
+    SelectionError,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
 from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_host import status
-from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_restore import restore
-from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_save import LibvirtSaveOptions, save
-from ansible_collections.hypervisor.cpr.plugins.module_utils._status import status as vm_status
-from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_restore import (
+    restore,
+)
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_save import (
+    LibvirtSaveOptions,
+    save,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._status import (
+    status as vm_status,
+)
 
 
 @pytest.fixture(scope="module")
