@@ -44,6 +44,8 @@ SAVABLE_STATES = ("running", "paused")
 _HEADER = struct.Struct("<16sIIII")
 MAGIC_COMPLETE = b"LibvirtQemudSave"
 MAGIC_PARTIAL = b"LibvirtQemudPart"
+# libvirt 11.2: the sparse (mapped-ram) image format, and several channels writing one image.
+SPARSE_SINCE = 11_002_000
 IMAGE_FORMATS = {0: "raw", 1: "gzip", 2: "bzip2", 3: "xz", 4: "lzop", 5: "zstd", 6: "sparse"}
 
 

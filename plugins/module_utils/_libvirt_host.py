@@ -26,6 +26,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._host import (
     systemd_runs_host,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
+    SPARSE_SINCE,
     Libvirt,
     save_dir,
 )
@@ -68,10 +69,11 @@ def guests_service_enabled() -> Optional[bool]:
         return False
 
 
-def host_config(uri: str) -> Dict[str, Any]:
+def host_config(lv: Libvirt) -> Dict[str, Any]:
     """libvirt-guests and the daemon's settings that act on domains around a reboot, and what they mean for us."""
     guests = dict(GUESTS_DEFAULT_VALUES, **read_assignments(GUESTS_DEFAULTS))
-    qemu = read_assignments(QEMU_CONF)
+    # The daemon's own qemu.conf, as the daemon sees it (it may run in a mount namespace of its own).
+    qemu = read_assignments(lv.local(QEMU_CONF))
     enabled = guests_service_enabled()
     config = {
         "libvirt_guests": {"installed": enabled is not None, "enabled": bool(enabled),
@@ -80,17 +82,19 @@ def host_config(uri: str) -> Dict[str, Any]:
         "save_image_format": qemu.get("save_image_format", "raw"),
         "auto_shutdown_try_save": qemu.get("auto_shutdown_try_save"),
         "auto_start_bypass_cache": qemu.get("auto_start_bypass_cache"),
-        "save_dir": save_dir(uri),
+        "save_dir": save_dir(lv.uri),
     }
     findings = []
     if enabled and guests["ON_BOOT"] == "start":
         findings.append("libvirt-guests has ON_BOOT=start: at boot it starts the domains it saved or shut down itself "
                         "at shutdown; a domain libvirt_save saved is shut off before the reboot, so libvirt-guests "
                         "does not handle it, and libvirt starts a domain with a managed save image from that image")
-    if config["save_image_format"] == "raw":
-        findings.append("libvirt writes managed save images in its raw format (qemu.conf save_image_format): with "
-                        "libvirt 11.2 or later, save_image_format = \"sparse\" writes each page at a fixed place and "
-                        "skips unused RAM")
+    if config["save_image_format"] != "sparse":
+        findings.append(f"libvirt writes managed save images in the {config['save_image_format']} format (qemu.conf "
+                        "save_image_format), as big as each domain's RAM"
+                        + (": set save_image_format = \"sparse\" to write each page at a fixed place and skip unused "
+                           "RAM" if lv.conn.getLibVersion() >= SPARSE_SINCE else
+                           f"; libvirt 11.2 or later (this is {lv.version()}) writes sparse ones"))
     return {"config": config, "findings": findings}
 
 
@@ -99,7 +103,7 @@ def status(uri: str, state_dir_path: Optional[str] = None) -> Dict[str, Any]:
     with Libvirt(uri) as lv:
         result: Dict[str, Any] = {"changed": False, "uri": uri, "libvirt_version": lv.version(),
                                   "domains": [d.to_dict() for d in lv.domains()]}
-    result.update(host_config(uri))
+        result.update(host_config(lv))
     result["autostart"] = [d["name"] for d in result["domains"] if d["autostart"]]
     result["saved"] = []
     if state_dir_path is not None:

@@ -60,8 +60,6 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_
 
 # libvirt's header, the domain's XML and device state beside guest RAM.
 IMAGE_MARGIN = 64 << 20
-# libvirt 11.2: the sparse (mapped-ram) image format, and several channels writing one image.
-SPARSE_SINCE = 11_002_000
 
 
 @dataclass
@@ -72,20 +70,12 @@ class LibvirtSaveOptions:
     reboot: str = "kexec"
     timeout: float = 300.0
     all_or_nothing: bool = True
-    # Channels writing each image (sparse format only). More than one hung libvirt 11.3's daemon here: the image
-    # was written and QEMU gone, but the save call never returned (see docs/libvirt.md).
-    parallel_channels: int = 1
 
 
-def save_params(lv: Libvirt, channels: int) -> Optional[Dict[str, Any]]:
-    """The parameters of a managed save in the sparse format (with parallel channels when more than one), or None
-    where the daemon's libvirt is older than 11.2 (a plain managed save, in the format of its qemu.conf)."""
-    if lv.conn.getLibVersion() < SPARSE_SINCE:
-        return None
-    params: Dict[str, Any] = {lv.module.VIR_DOMAIN_SAVE_PARAM_IMAGE_FORMAT: "sparse"}
-    if channels > 1:
-        params[lv.module.VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS] = channels
-    return params
+# Why the save is a plain virDomainManagedSave and never virDomainSaveParams (which would set the sparse format
+# and parallel channels per call): with libvirt 11.3 here, a managed save through virDomainSaveParams wrote its image
+# and ended QEMU, but the call never returned and the daemon answered no client any more. The image format is
+# qemu.conf's save_image_format, which libvirt_status reports.
 
 
 def save(names: Optional[List[str]], state_dir_path: str, options: LibvirtSaveOptions, check_mode: bool = False,
@@ -163,8 +153,7 @@ async def _save_all(lv: Libvirt, state_dir: StateDir, domains: List[Domain], opt
     records_ = [Record(name=d.name, uuid=d.uuid, uri=lv.uri, runstate_before=d.state, autostart_before=d.autostart,
                        agent_before=agent is True, boot_id=current_boot, paused_at=0.0, memory_bytes=d.memory_bytes,
                        image=os.path.join(save_dir(lv.uri), f"{d.name}.save")) for d, agent in zip(domains, agents)]
-    params = save_params(lv, options.parallel_channels)
-    results = await concurrently(lambda r: _save_one(lv, state_dir, r, params, options.timeout), records_)
+    results = await concurrently(lambda r: _save_one(lv, state_dir, r, options.timeout), records_)
     failed = [r for r, result in zip(records_, results) if isinstance(result, BaseException)]
     saved = [r for r, result in zip(records_, results) if not isinstance(result, BaseException)]
     if failed and options.all_or_nothing and saved:
@@ -180,8 +169,7 @@ async def _save_all(lv: Libvirt, state_dir: StateDir, domains: List[Domain], opt
     return saved
 
 
-def _save_one(lv: Libvirt, state_dir: StateDir, record: Record, params: Optional[Dict[str, Any]],
-              timeout: float) -> Record:
+def _save_one(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float) -> Record:
     """Record, hold autostart, managed save, check the image; on failure leave the domain as it was."""
     write_record(state_dir, record)
     dom = lv.domain(record.name)
@@ -189,9 +177,7 @@ def _save_one(lv: Libvirt, state_dir: StateDir, record: Record, params: Optional
         lv.call(record.name, "turn its autostart off while it is saved", lambda: dom.setAutostart(0))
     record.paused_at = time.time()
     try:
-        # saveParams without a file is a managed save.
-        lv.call(record.name, "save the domain (managed save)",
-                lambda: dom.saveParams(params, 0) if params else dom.managedSave(0))
+        lv.call(record.name, "save the domain (managed save)", lambda: dom.managedSave(0))
     except CprError as error:
         _after_failed_save(lv, state_dir, record, timeout, error)
     record.save_seconds = round(time.time() - record.paused_at, 3)

@@ -52,15 +52,6 @@ options:
     description: When one domain fails to save, bring every domain this call saved back as it was.
     type: bool
     default: true
-  parallel_channels:
-    description:
-      - With libvirt 11.2 or later, each image is written in libvirt's sparse format (each page at a fixed place,
-        unused RAM skipped) by this many channels at once.
-      - More than one hung libvirt 11.3's daemon on our test machines (the image was complete and QEMU gone, but the
-        save never returned), so the default is one; try more on your libvirt before you rely on it.
-      - An older libvirt makes a plain managed save, in the format its C(qemu.conf) sets.
-    type: int
-    default: 1
 attributes:
   check_mode:
     support: full
@@ -68,9 +59,11 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - libvirt writes an image as big as the domain's RAM in its raw format. With libvirt 11.2 or later, set
-    C(save_image_format = "sparse") in C(qemu.conf) so that each page has a fixed place and unused RAM is skipped;
-    M(hypervisor.cpr.libvirt_status) reports the format in use.
+  - libvirt writes each image in the format of C(save_image_format) in C(qemu.conf): V(raw) by default, as big as the
+    domain's RAM. With libvirt 11.2 or later, set C(save_image_format = "sparse") so that each page has a fixed place
+    and unused RAM is skipped; M(hypervisor.cpr.libvirt_status) reports the format in use.
+  - The save is a plain C(virDomainManagedSave). libvirt 11.2's C(virDomainSaveParams) could choose the format and
+    several channels per call, but with libvirt 11.3 a managed save through it never returned on our test machines.
 seealso:
   - module: hypervisor.cpr.libvirt_restore
   - module: hypervisor.cpr.libvirt_status
@@ -160,13 +153,12 @@ def main() -> None:
             reboot=dict(type="str", choices=["kexec", "reboot", "none"], default="kexec"),
             timeout=dict(type="float", default=300.0),
             all_or_nothing=dict(type="bool", default=True),
-            parallel_channels=dict(type="int", default=1),
         ),
         supports_check_mode=True,
     )
     params = module.params
     options = LibvirtSaveOptions(uri=params["uri"], reboot=params["reboot"], timeout=params["timeout"],
-                                 all_or_nothing=params["all_or_nothing"], parallel_channels=params["parallel_channels"])
+                                 all_or_nothing=params["all_or_nothing"])
     run(module, lambda: save(params["names"], params["state_dir"], options, module.check_mode, params["run_id"]))
 
 
