@@ -14,6 +14,7 @@ domain's RAM (the lab's daemon writes the sparse format).
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -67,6 +68,8 @@ def run(ctx: Context) -> Tuple[List[Row], Dict[str, Any]]:
         raise BenchError(f"no libvirt lab here: {why}")
     count = 2 if ctx.quick else 3
     with workdir("libvirt") as base:
+        # QEMU runs as libvirt-qemu and must reach the guest's kernel in the lab below.
+        os.chmod(base, 0o711)
         lab = libvirtlab.LibvirtLab.start(Path(base) / "lab")
         try:
             names = [lab.define_domain(f"b{i}", wait_agent=False, mem_mib=MEM_MIB).name() for i in range(count)]

@@ -11,13 +11,13 @@ module: libvirt_restore
 short_description: Bring libvirt domains saved by libvirt_save back from their images, each as it was
 version_added: 0.2.0
 description:
-  - For every record M(hypervisor.cpr.libvirt_save) left in O(state_dir) (or the O(names) given), concurrently:
+  - For every record M(hypervisor.cpr.libvirt_save) left in O(state_dir) (or the O(names) given), concurrently, it
     checks that the domain's managed save image is complete and has the size and SHA-256 its save recorded, has
     libvirt start the domain from it, checks that the domain is back in its old state (V(running) or V(paused)) and,
     where it answered before, that its guest agent answers through libvirt; then puts its autostart flag back and
     removes the record.
   - A domain is never booted cold. A missing, incomplete or changed image is refused and kept with its record, and
-    the domain left shut off: libvirt would otherwise boot it afresh or load damaged memory.
+    the domain left shut off, since libvirt would otherwise boot it afresh or load damaged memory.
   - A domain that already runs was started by something else. When libvirt says it was restored (and its image is
     gone), it came back from its image (libvirt's autostart, an operator's C(virsh start)) and is checked and reported
     unchanged, never started a second time. Otherwise it was booted cold, its saved state is lost; the module fails

@@ -13,9 +13,9 @@ version_added: 0.2.0
 description:
   - libvirt owns the monitor of every QEMU it runs, so hypervisor.cpr never drives those over QMP (see
     M(hypervisor.cpr.vm_status), which lists them with C(managed_by=libvirt)). This module saves them through libvirt's
-    own API instead, concurrently: a managed save (C(virDomainManagedSave)) writes each domain's whole state to
+    own API instead, concurrently. A managed save (C(virDomainManagedSave)) writes each domain's whole state to
     libvirt's image directory and shuts its QEMU down; libvirt starts the domain from that image next time.
-  - Everything is checked before a domain is touched - the names, that each domain is running or paused and
+  - Everything is checked before a domain is touched, namely the names, that each domain is running or paused and
     persistent with no stale image, the free space in libvirt's image directory (every domain's RAM) and, unless
     O(reboot=none), that the directory survives the reboot.
   - Per domain, before libvirt is asked, C(<state_dir>/<name>.libvirt) records what the restore needs (its old state,
@@ -59,7 +59,7 @@ attributes:
   diff_mode:
     support: none
 notes:
-  - libvirt writes each image in the format of C(save_image_format) in C(qemu.conf): V(raw) by default, as big as the
+  - libvirt writes each image in the format of C(save_image_format) in C(qemu.conf), V(raw) by default, as big as the
     domain's RAM. With libvirt 11.2 or later, set C(save_image_format = "sparse") so that each page has a fixed place
     and unused RAM is skipped; M(hypervisor.cpr.libvirt_status) reports the format in use.
   - The save is a plain C(virDomainManagedSave). libvirt 11.2's C(virDomainSaveParams) could choose the format and

@@ -13,7 +13,7 @@ version_added: 0.2.0
 description:
   - Lists every domain of the libvirt daemon (running or not) with its state, whether it is persistent, its autostart
     flag, whether it has a managed save image (and what the image's header says), and why it cannot be saved now.
-  - Reports what acts on domains around a reboot besides hypervisor.cpr, with a warning for each that matters:
+  - Reports what acts on domains around a reboot besides hypervisor.cpr, with a finding for each that matters, namely
     C(libvirt-guests) (installed, enabled, C(ON_BOOT), C(ON_SHUTDOWN), C(PARALLEL_SHUTDOWN)), the daemon's
     C(save_image_format) and C(auto_shutdown_*) settings in C(qemu.conf), and the domains with autostart on.
   - With O(state_dir), also the domains M(hypervisor.cpr.libvirt_save) saved and M(hypervisor.cpr.libvirt_restore) has
