@@ -279,7 +279,9 @@ def domain_facts(lv: Libvirt, dom: Any) -> Domain:
     return Domain(name=dom.name(), uuid=dom.UUIDString(), state=STATES.get(state, str(state)), reason=reason,
                   persistent=bool(dom.isPersistent()), autostart=bool(dom.autostart()) if dom.isPersistent() else False,
                   managed_save=managed, memory_bytes=dom.maxMemory() * 1024, agent_channel=agent,
-                  image=asdict(read_image(lv.local(path))) if managed or os.path.exists(lv.local(path)) else None)
+                  # The image as the daemon names it, read through the daemon's view of its files.
+                  image=dict(asdict(read_image(lv.local(path))), path=path)
+                  if managed or os.path.exists(lv.local(path)) else None)
 
 
 @dataclass

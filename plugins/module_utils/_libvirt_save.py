@@ -19,6 +19,7 @@ libvirt left it (libvirt resumes a domain whose save failed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -201,6 +202,10 @@ def _after_failed_save(lv: Libvirt, state_dir: StateDir, record: Record, timeout
         if image.exists:
             # An incomplete image of a running domain: libvirt would take it for a saved state at the next start.
             lv.call(record.name, "remove the incomplete image of the failed save", lambda: dom.managedSaveRemove(0))
+            if not image.complete:
+                # A daemon killed mid-save forgets the image it was writing, and leaves the partial file behind.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lv.local(record.image))
     if record.autostart_before:
         lv.call(record.name, "turn its autostart on again", lambda: dom.setAutostart(1))
     remove_record(state_dir, record.name)

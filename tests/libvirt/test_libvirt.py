@@ -201,11 +201,12 @@ def test_fault_disk_full_during_a_managed_save(lab, state_dir, campaign):
         with open(filler, "wb") as handle:
             os.posix_fallocate(handle.fileno(), 0, free.f_bavail * free.f_frsize - (1 << 20))
 
-    # Filled once the checks passed: the moment the save writes its first record, as libvirt starts. libvirt may
-    # still win that race (both images written before the filler); then both are restored and it is tried again.
+    # Filled once the checks passed: the moment libvirt creates the first image, before QEMU wrote most of it.
+    # libvirt may still win that race (both images written before the filler); then both are restored and it is
+    # tried again.
     message = None
     for _attempt in range(3):
-        thread = _when_image_appears(lab, web, fill, os.path.join(state_dir, f"{db}.libvirt"))
+        thread = _when_image_appears(lab, web, fill)
         try:
             save([web, db], state_dir, _options(lab))
         except CprError as failure:
@@ -223,7 +224,7 @@ def test_fault_disk_full_during_a_managed_save(lab, state_dir, campaign):
     save([web, db], state_dir, _options(lab))
     restore(state_dir, lab.uri, timeout=120)
     _assert_survived(lab, before)
-    campaign("disk full (libvirt)", "libvirt's image directory filled after the checks, as the saves start",
+    campaign("disk full (libvirt)", "libvirt's image directory filled after the checks, as libvirt starts writing",
              f"save failed in libvirt's words: \"{message[:160]}\"; both domains running as they were, partial "
              "image removed; a re-run with room saved and restored both, RAM identical", 0, 0, True)
 
