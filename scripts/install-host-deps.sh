@@ -2,7 +2,8 @@
 # Installs what hypervisor.cpr and its test bed need on a Debian 12 or 13 host:
 # QEMU >= 10 (bookworm-backports on Debian 12, main on Debian 13), kexec-tools,
 # the pieces the test guest is built from, and a Python virtual environment
-# with ansible-core, qemu.qmp and jmespath. Safe to run again.
+# with ansible-core, qemu.qmp, jmespath and libvirt-python (built against the
+# host's libvirt). Safe to run again.
 set -euo pipefail
 
 # shellcheck source=scripts/lib/common.sh
@@ -13,7 +14,9 @@ PYTHON=${PYTHON:-python3}
 
 . /etc/os-release
 export DEBIAN_FRONTEND=noninteractive
-packages=(qemu-system-x86 qemu-utils)
+# libvirt 11.3 (bookworm-backports; sparse save images since 11.2) for the libvirt path and its lab
+# (tests/libvirt), and what pip needs to build libvirt-python against it.
+packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev)
 apt_target=()
 
 if [ "${VERSION_CODENAME}" = bookworm ]; then
@@ -40,7 +43,7 @@ apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
 # binutils (as, ld), iproute2 and e2fsprogs: the kexec scenario's L1 image
 # (tests/kexec/build-l1.sh) and its hosts, which run this machine's userland.
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
-    openssh-client rsync shellcheck binutils iproute2 e2fsprogs >/dev/null
+    openssh-client rsync shellcheck binutils iproute2 e2fsprogs pkg-config gcc python3-dev >/dev/null
 
 # "QEMU emulator version 10.0.2 (Debian ...)": cpr-reboot needs 8.2, VFIO guests and the test bed 9.0.
 qemu_version=$(qemu-system-x86_64 --version | sed -nE '1s/.*version ([0-9]+\.[0-9]+(\.[0-9]+)?).*/\1/p')

@@ -13,6 +13,7 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(REPO_ROOT, ".cache", "collections")
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "testbed"))
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "libvirt"))
 # fault_table.py, beside this file: not on the path when ansible-test units loads this conftest.
 sys.path.append(os.path.join(REPO_ROOT, "tests"))
 
@@ -176,3 +177,35 @@ def pytest_terminal_summary(terminalreporter):
     for line in fault_table.lines(rows):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"written to {fault_table.write(rows)}")
+
+
+# A real libvirt daemon (libvirtd in a mount namespace of its own, tests/libvirt/libvirtlab.py) with TCG domains
+# of the test bed's guest. One daemon per test session (per xdist worker); its image directory is a tmpfs of
+# its own, so that a test can fill it up.
+LIBVIRT_SAVE_FS_MIB = 2048
+
+
+@pytest.fixture(scope="session")
+def libvirt_lab():
+    """The session's libvirt daemon (a LibvirtLab): lab.uri for the modules' uri option, lab.define_domain()."""
+    import libvirtlab  # pylint: disable=import-outside-toplevel
+
+    why = libvirtlab.available()
+    if why:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="hcpr-lv-", dir=tempfile.gettempdir())
+    lab = libvirtlab.LibvirtLab.start(workdir, save_fs_mib=LIBVIRT_SAVE_FS_MIB)
+    yield lab
+    lab.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def libvirt_domain(libvirt_lab):  # pylint: disable=redefined-outer-name
+    """One running, persistent TCG domain of the session's libvirt daemon, its guest agent answering.
+
+    Yields (lab, name). vm_status lists its QEMU as managed_by libvirt; the domain is removed after the module.
+    """
+    dom = libvirt_lab.define_domain(f"dom{len(libvirt_lab.domains)}")
+    yield libvirt_lab, dom.name()
+    libvirt_lab.remove_domain(dom.name())

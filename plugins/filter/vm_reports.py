@@ -39,9 +39,12 @@ _value:
   description:
     - One entry per VM, in the order of the input, with the keys C(name), C(runstate_before), C(runstate),
       C(suspended_by_us), C(saved_by_earlier_run), C(paused_at), C(downtime_seconds), C(save_seconds),
-      C(restore_seconds), C(state_bytes), C(ram_in_place), C(restored_at_boot) and C(boot_restore_seconds).
-    - All but C(saved_by_earlier_run) are the ones of RV(hypervisor.cpr.cpr_restore#module:vms), V(null) where the entry
-      lacks them; C(saved_by_earlier_run) tells whether the VM's name is in O(saved_by_earlier_run).
+      C(restore_seconds), C(state_bytes), C(ram_in_place), C(restored_at_boot), C(boot_restore_seconds) and
+      C(managed_by).
+    - All but C(saved_by_earlier_run) are the ones of RV(hypervisor.cpr.cpr_restore#module:vms) (or of
+      RV(hypervisor.cpr.libvirt_restore#module:vms), whose C(managed_by) is V(libvirt) and C(state_bytes) the bytes its
+      managed save image takes), V(null) where the entry lacks them (C(managed_by) is then V(none));
+      C(saved_by_earlier_run) tells whether the VM's name is in O(saved_by_earlier_run).
   type: list
   elements: dict
 """
@@ -51,7 +54,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 # The keys of a report entry, in order; all but saved_by_earlier_run are cpr_restore's.
 KEYS = ("name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
         "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "restored_at_boot",
-        "boot_restore_seconds")
+        "boot_restore_seconds", "managed_by")
 
 
 def vm_reports(restored: Iterable[Mapping[str, Any]], saved_by_earlier_run: Iterable[str] = ()) -> List[Dict[str, Any]]:
@@ -59,7 +62,8 @@ def vm_reports(restored: Iterable[Mapping[str, Any]], saved_by_earlier_run: Iter
     reports: Dict[str, Dict[str, Any]] = {}
     for vm in restored:
         if vm["name"] not in reports:
-            entry = dict(vm, saved_by_earlier_run=vm["name"] in earlier)
+            # cpr_restore's VMs are managed by no one else (vm_status's managed_by none); libvirt_restore's say libvirt.
+            entry = dict(vm, saved_by_earlier_run=vm["name"] in earlier, managed_by=vm.get("managed_by", "none"))
             reports[vm["name"]] = {key: entry.get(key) for key in KEYS}
     return list(reports.values())
 

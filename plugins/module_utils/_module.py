@@ -15,6 +15,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import DEFAULT_URI
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
 
 DEFAULT_STATE_DIR = "/var/lib/qemu-cpr"
@@ -37,6 +38,9 @@ SELECTION_SPEC: Dict[str, Any] = dict(
 
 # Matches doc fragment hypervisor.cpr.state_dir (run_lock documents its own run_id, which it requires).
 STATE_DIR_SPEC: Dict[str, Any] = dict(state_dir=dict(type="path", default=DEFAULT_STATE_DIR), run_id=dict(type="str"))
+
+# Matches doc fragment hypervisor.cpr.libvirt.
+LIBVIRT_SPEC: Dict[str, Any] = dict(uri=dict(type="str", default=DEFAULT_URI))
 
 
 def selection(module: AnsibleModule) -> Selection:

@@ -43,6 +43,8 @@ STATE_SUFFIX = ".state"
 SAVING_SUFFIX = ".saving"
 RESTORING_SUFFIX = ".restoring"
 STOPPED_SUFFIX = ".stopped"
+# A libvirt domain saved by libvirt_save (its image is libvirt's; _libvirt_state reads and writes the record).
+LIBVIRT_SUFFIX = ".libvirt"
 LOG_SUFFIX = ".log"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
@@ -199,10 +201,12 @@ class StateDir(Directory):
     def remove_stopped(self, name: str) -> None:
         self.unlink(name + STOPPED_SUFFIX)
 
-    def pending(self, current_boot_id: str) -> Dict[str, List[Dict[str, Any]]]:
-        """What vm_status reports of the directory: VMs saved and not restored, shut down and not started."""
+    def pending(self, current_boot_id: str) -> Dict[str, List[Any]]:
+        """What vm_status reports of the directory: VMs saved and not restored, shut down and not started, and the
+        names of the libvirt domains libvirt_save saved."""
         return {"saved": [m.summary(current_boot_id) for m in self.manifests()],
-                "stopped": [r.summary() for r in self.stop_records()]}
+                "stopped": [r.summary() for r in self.stop_records()],
+                "libvirt_saved": self.entries(LIBVIRT_SUFFIX)}
 
     # ----------------------------------------------------------------------- QEMU's output
 

@@ -35,7 +35,7 @@ def status(selection: Selection, options: FactsOptions, state_dir_path: Optional
     if state_dir_path is not None:
         with StateDir.open(state_dir_path) as state_dir:
             result.update(state_dir.pending(boot_id()))
-        held = {vm["name"] for vm in result["saved"] + result["stopped"]}
+        held = {vm["name"] for vm in result["saved"] + result["stopped"]} | set(result["libvirt_saved"])
     result["vms"] = [f.to_dict() for f in select_vms(selection, options, held)]
     selected = {vm["pid"] for vm in result["vms"] if vm["pid"]}
     # A reboot takes every QEMU of the host down, the ones not selected too: they are accounted for here.

@@ -371,6 +371,13 @@ saved:
     saved_this_boot:
       description: Whether it was saved in the host's current boot (V(false) once the host rebooted since).
       type: bool
+libvirt_saved:
+  description:
+    - Names of the libvirt domains O(state_dir) holds saved by M(hypervisor.cpr.libvirt_save) and not yet restored,
+      sorted; M(hypervisor.cpr.libvirt_status) reports what their records hold.
+  returned: when O(state_dir) is set
+  type: list
+  elements: str
 stopped:
   description: The VMs O(state_dir) holds shut down by M(hypervisor.cpr.vm_power) and not yet started, sorted by name.
   returned: when O(state_dir) is set

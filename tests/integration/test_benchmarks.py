@@ -32,11 +32,11 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["errors"] == {}
     assert {"cpu", "cores", "qemu", "kernel"} <= set(data["machine"])
-    assert set(data["sections"]) == {"1", "2", "3", "4", "5"}
+    assert set(data["sections"]) == {"1", "2", "3", "4", "5", "6"}
     assert data["load"]["all"]["cpu_busy_percent"] >= 0
 
     rows = data["table"]
-    assert {row["item"] for row in rows} == {"1", "2", "3", "4", "5"}
+    assert {row["item"] for row in rows} == {"1", "2", "3", "4", "5", "6"}
     for row in rows:
         assert set(row) == ROW_KEYS, row
         for key in ("ours", "baseline", "ratio"):

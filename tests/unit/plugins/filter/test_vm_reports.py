@@ -17,7 +17,7 @@ def restored(name, **facts):
 
 REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
                "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "restored_at_boot",
-               "boot_restore_seconds"]
+               "boot_restore_seconds", "managed_by"]
 
 
 @pytest.mark.parametrize("results, earlier, expected", [
@@ -28,10 +28,14 @@ REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_
         "name": "web1", "runstate_before": "running", "runstate": "running", "suspended_by_us": False,
         "saved_by_earlier_run": False, "paused_at": 1000.0, "downtime_seconds": 2.0, "save_seconds": 0.4,
         "restore_seconds": 1.5, "state_bytes": 339774, "ram_in_place": True, "restored_at_boot": False,
-        "boot_restore_seconds": None}]),
+        "boot_restore_seconds": None, "managed_by": "none"}]),
     # One the boot restore brought back: when, and how long its restore took there.
     ([restored("web1", restored_at_boot=True, boot_restore_seconds=0.8)], [], [
         {"name": "web1", "restored_at_boot": True, "boot_restore_seconds": 0.8}]),
+    # A libvirt domain (libvirt_restore's entry) beside a QEMU VM: one report, each says who runs it.
+    ([restored("web1"), restored("dom1", managed_by="libvirt", state_bytes=92000000, ram_in_place=False)], [], [
+        {"name": "web1", "managed_by": "none"},
+        {"name": "dom1", "managed_by": "libvirt", "state_bytes": 92000000, "ram_in_place": False}]),
     # A guest the save suspended comes back running; one an earlier run saved is marked so.
     ([restored("gpu1", runstate_before="suspended", suspended_by_us=True), restored("db1")], ["db1", "gone"], [
         {"name": "gpu1", "runstate_before": "suspended", "runstate": "running", "saved_by_earlier_run": False},
