@@ -10,7 +10,8 @@ from __future__ import annotations
 from ansible.module_utils.urls import open_url
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._rollout_notify import ARGUMENT_SPEC, TargetError, send, targets
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import OptionError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._rollout_notify import ARGUMENT_SPEC, send, targets
 
 
 class ActionModule(ActionBase):
@@ -25,7 +26,7 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         try:
             receivers = targets(args["urls"], args["timeout"])
-        except TargetError as exc:
+        except OptionError as exc:
             # A mistake in the playbook's variables, not a receiver that is down: said, and not sent.
             result.update(changed=False, sent=[], warnings=[str(exc)])
             return result

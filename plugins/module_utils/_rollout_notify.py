@@ -15,6 +15,8 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import OptionError
+
 FORMATS = ("json", "slack")
 EVENTS = ("started", "held", "host_updated", "host_failed", "stopped", "finished")
 
@@ -24,10 +26,6 @@ ARGUMENT_SPEC: Dict[str, Any] = {
     "data": {"type": "dict", "default": {}},
     "timeout": {"type": "float", "default": 10.0},
 }
-
-
-class TargetError(ValueError):
-    """A notification target that cannot be used, named."""
 
 
 def targets(value: Any, timeout: float = 10.0) -> List[Dict[str, Any]]:
@@ -41,10 +39,10 @@ def targets(value: Any, timeout: float = 10.0) -> List[Dict[str, Any]]:
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
     found = []
     for item in items:
-        entry = dict(item) if isinstance(item, Mapping) else {"url": item}
+        entry: Dict[str, Any] = dict(item) if isinstance(item, Mapping) else {"url": item}
         url = entry.get("url")
         if not isinstance(url, str) or not url.strip():
-            raise TargetError(f"rolling_notify: {item!r} has no URL")
+            raise OptionError(f"rolling_notify: {item!r} has no URL")
         url = url.strip()
         fmt = entry.get("format")
         for prefix in FORMATS:
@@ -52,12 +50,12 @@ def targets(value: Any, timeout: float = 10.0) -> List[Dict[str, Any]]:
                 fmt, url = fmt or prefix, url[len(prefix) + 1:]
         fmt = fmt or "json"
         if fmt not in FORMATS:
-            raise TargetError(f"rolling_notify: format {fmt!r} of {redact(url)} is not one of {', '.join(FORMATS)}")
+            raise OptionError(f"rolling_notify: format {fmt!r} of {redact(url)} is not one of {', '.join(FORMATS)}")
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            raise TargetError(f"rolling_notify: {redact(url)} is not an http or https URL")
+            raise OptionError(f"rolling_notify: {redact(url)} is not an http or https URL")
         unknown = set(entry) - {"url", "format", "headers", "timeout", "validate_certs"}
         if unknown:
-            raise TargetError(f"rolling_notify: unknown keys {sorted(unknown)} for {redact(url)} "
+            raise OptionError(f"rolling_notify: unknown keys {sorted(unknown)} for {redact(url)} "
                               "(url, format, headers, timeout, validate_certs)")
         found.append({"url": url, "format": fmt, "headers": dict(entry.get("headers") or {}),
                       "timeout": float(entry.get("timeout") or timeout),
@@ -109,9 +107,9 @@ def message(event: str, data: Mapping[str, Any]) -> str:
         return (f"{head}{error}{left}{kernels}{vms} VM{'' if vms == 1 else 's'}, blackout {_seconds(data.get('blackout_seconds'))}"
                 f" (batch {data.get('batch') or '?'}, run {data.get('run_id') or '?'}).")
     if event == "stopped":
-        left = list(data.get("hosts_left") or [])
+        hosts_left = list(data.get("hosts_left") or [])
         return (f"{run} stopped: {data.get('reason') or 'no reason given'}."
-                + (f" Hosts left: {_names(left)}." if left else " No host is left.") + _report(data))
+                + (f" Hosts left: {_names(hosts_left)}." if hosts_left else " No host is left.") + _report(data))
     counts = data.get("counts") or {}
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no host"
     return (f"{run} finished: {shown}; {data.get('vms', 0)} VMs, longest blackout "

@@ -12,7 +12,7 @@ short_description: Tell webhooks what a rolling kernel update is doing
 version_added: 0.2.0
 description:
   - Posts one event of the playbook C(hypervisor.cpr.rolling_kernel_update) to every webhook of O(urls), as a
-    Slack-compatible payload (C({"text": ...}), which Slack, Mattermost and Rocket.Chat incoming webhooks read) or as a
+    Slack-compatible payload (a C(text) field, which Slack, Mattermost and Rocket.Chat incoming webhooks read) or as a
     generic JSON document (C(event), C(run_id), C(text), C(sent_at) and C(data)).
   - Runs on the controller (an action plugin). A notification that cannot be sent (a receiver down, an error status, a
     timeout, a URL that is not one) is a warning that names the receiver by its scheme, host and port only, never a

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import OptionError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._rollout_notify import (
-    TargetError, message, payload, redact, send, targets)
+    message, payload, redact, send, targets)
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -48,7 +49,7 @@ def test_target_settings():
     ([{"url": "https://a.example.com/x", "method": "PUT"}], "unknown keys ['method']"),
 ])
 def test_bad_targets_are_named_without_their_secret(value, error):
-    with pytest.raises(TargetError) as raised:
+    with pytest.raises(OptionError) as raised:
         targets(value)
     assert error in str(raised.value) and "secret" not in str(raised.value)
 
