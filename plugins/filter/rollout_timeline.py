@@ -15,7 +15,7 @@ description:
     restore, verify), and under it each VM's blackout (from its stop to its return) is a bar. A failed host is red,
     with a cross where it failed.
   - A run of more than O(collapse_above) hosts collapses into one row per batch (C(batch) of each host's entry),
-    each phase drawn from its first start to its last end in the batch, the blackout from the first VM stopped to the
+    each phase drawn in a thin lane of its own from its first start to its last end in the batch, the blackout from the first VM stopped to the
     last one back, and the count of hosts and failures as its label. Hosts without any phase are left out of the
     drawing, and their count is its caption.
 author:
@@ -73,8 +73,9 @@ def _spans(phases: Iterable[Mapping[str, Any]]) -> List[Tuple[str, float, float]
 
 
 def _row(label: str, failed: bool, spans: List[Tuple[str, float, float]],
-         bars: List[Tuple[str, float, float]]) -> Dict[str, Any]:
-    return {"label": label, "failed": failed, "spans": spans, "bars": bars}
+         bars: List[Tuple[str, float, float]], lanes: bool = False) -> Dict[str, Any]:
+    """A row of the drawing; with lanes, each phase gets a thin lane of its own (a batch's phases overlap)."""
+    return {"label": label, "failed": failed, "spans": spans, "bars": bars, "lanes": lanes}
 
 
 def _batches(hosts: List[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -93,8 +94,12 @@ def _batches(hosts: List[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         label = (f"batch {batch}" if batch is not None else "preflight only") + f": {len(members)} hosts" + (
             f", {failed} failed" if failed else "")
         bars = [(f"{len(times)} VMs", min(t[1] for t in times), max(t[2] for t in times))] if times else []
-        rows.append(_row(label, failed > 0, [(n, s, e) for n, (s, e) in spans.items()], bars))
+        rows.append(_row(label, failed > 0, [(n, s, e) for n, (s, e) in spans.items()], bars, lanes=True))
     return rows
+
+
+def _lane(phase: str) -> int:
+    return PHASES.index(phase) if phase in PHASES else len(PHASES) - 1
 
 
 def _step(seconds: float) -> int:
@@ -127,7 +132,9 @@ def rollout_timeline(summary: Mapping[str, Any], collapse_above: int = 40) -> st
         parts.append(f'<g class="row"><text x="4" y="{y + 14}" fill="{FAILED if row["failed"] else "#222"}">'
                      f'{html.escape(row["label"])}</text>')
         for name, start, end in row["spans"]:
-            parts.append(f'<rect x="{x(start)}" y="{y + 3}" width="{max(x(end) - x(start), 1.0):.1f}" height="{ROW - 6}" '
+            lane = (ROW - 6) / len(PHASES)
+            top, tall = (y + 3 + _lane(name) * lane, lane) if row["lanes"] else (y + 3, ROW - 6)
+            parts.append(f'<rect x="{x(start)}" y="{top:.1f}" width="{max(x(end) - x(start), 1.0):.1f}" height="{tall:.1f}" '
                          f'fill="{COLORS.get(name, "#bbbbbb")}"><title>{html.escape(name)}: {end - start:.2f} s</title></rect>')
         if row["failed"] and row["spans"]:
             cross = x(max(end for _n, _s, end in row["spans"]))

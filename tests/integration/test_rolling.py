@@ -885,10 +885,7 @@ def test_inside_the_window_with_quiet_gates_the_rollout_notifies_and_draws_its_t
     assert text.count('<g class="row">') == 3 and all(f">{name} " in text for names in HOSTS.values() for name in names)
     if CHROMIUM is None:
         pytest.skip("chromium is not installed: the timeline was written but not looked at in a browser")
-    shot = os.path.join(fleet.workdir, "timeline.png")
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={fleet.workdir}/chromium", "--window-size=1100,640", f"--screenshot={shot}",
-                    f"file://{page}"], capture_output=True, timeout=120, check=True)
+    shot = _screenshot(fleet, page, "timeline.png", 640)
     colors = _png_colors(shot)
     # The browser drew every phase the hosts went through, the VMs' blackouts, and no failure.
     for phase in ("preflight", "prepare", "save", "restore", "verify"):
@@ -896,3 +893,31 @@ def test_inside_the_window_with_quiet_gates_the_rollout_notifies_and_draws_its_t
     assert _rgb(rollout_timeline.BLACKOUT) in colors and _rgb(rollout_timeline.FAILED) not in colors
     if os.environ.get("HYPERVISOR_CPR_SCREENSHOT"):
         shutil.copy(shot, os.environ["HYPERVISOR_CPR_SCREENSHOT"])
+
+    # 300 hosts in batches of 25, made of this run's real entries, one failed: a row per batch, the failure marked.
+    real = list(hosts.values())
+    fleet_of_300 = []
+    for index in range(300):
+        entry, shift = json.loads(json.dumps(real[index % 3])), (index // 25) * 90
+        for item in entry["phases"] + entry["vms"]:
+            for key in ("started_at", "finished_at", "paused_at"):
+                if key in item:
+                    item[key] += shift
+        fleet_of_300.append({**entry, "host": f"hv{index}", "batch": index // 25 + 1,
+                             "status": "failed" if index == 130 else "updated"})
+    svg = rollout_timeline.rollout_timeline({"run_id": "300", "hosts": fleet_of_300})
+    assert svg.count('<g class="row">') == 12 and "batch 6: 25 hosts, 1 failed" in svg
+    large = os.path.join(fleet.workdir, "timeline-300.html")
+    with open(large, "w", encoding="utf-8") as handle:
+        handle.write(f"<!DOCTYPE html><html><body>{svg}</body></html>")
+    colors = _png_colors(_screenshot(fleet, large, "timeline-300.png", 560))
+    assert _rgb(rollout_timeline.FAILED) in colors and _rgb(rollout_timeline.BLACKOUT) in colors
+
+
+def _screenshot(fleet_, page, name, height):
+    """A PNG of the page as headless Chromium draws it."""
+    shot = os.path.join(fleet_.workdir, name)
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={fleet_.workdir}/chromium", f"--window-size=1100,{height}", f"--screenshot={shot}",
+                    f"file://{page}"], capture_output=True, timeout=120, check=True)
+    return shot
