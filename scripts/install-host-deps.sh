@@ -44,6 +44,11 @@ apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
 # (tests/kexec/build-l1.sh) and its hosts, which run this machine's userland.
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
     openssh-client rsync shellcheck binutils iproute2 e2fsprogs pkg-config gcc python3-dev >/dev/null
+# The rolling playbook's tests (tests/integration/test_rollout.py): a real Prometheus for the alert gate, a real
+# browser (headless Chromium) that renders the HTML report and takes its screenshot, and a font for it; and
+# for the unit tests of host_status's reboot_required, the RHEL family's real `dnf needs-restarting -r`, with rpm
+# and rpmbuild for an RPM database of the test's own. Without recommends: no desktop, no services.
+apt-get install -y -qq --no-install-recommends prometheus chromium fonts-dejavu-core dnf-plugins-core rpm >/dev/null
 
 # "QEMU emulator version 10.0.2 (Debian ...)": cpr-reboot needs 8.2, VFIO guests and the test bed 9.0.
 qemu_version=$(qemu-system-x86_64 --version | sed -nE '1s/.*version ([0-9]+\.[0-9]+(\.[0-9]+)?).*/\1/p')

@@ -16,7 +16,10 @@ description:
     the role did not, in C(rolling_error)); else C(failed) with C(rolling_error), C(preflight_failed) with
     C(rolling_preflight_error), C(not_started) when only the preflight ran (C(kernel_update_preflight)), or
     C(not_checked).
-  - Keys the entry lacks come from the host's preflight plan (reboot method, kernels, planned VMs) or are empty.
+  - Keys the entry lacks come from the host's preflight plan (reboot method, kernels, planned VMs, whether the host
+    needs the update and why) or are empty.
+  - C(phases) begins with the preflight (from C(rolling_preflight_times), when the playbook noted it), followed by the
+    role's phases; C(batch) is the number of the host's batch (C(rolling_batch_number)), V(null) before its batch.
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
 options:
@@ -36,11 +39,12 @@ RETURN = r"""
 _value:
   description:
     - The host's entry, with at least host, status, error, reboot_method, kernel_before, kernel_after, kernel_target,
-      planned_vms, blackout_seconds, host_blackout, boot_restore, vms, left_out, shut_down, started, still_saved and still_stopped.
+      planned_vms, needed, why, batch, phases, blackout_seconds, host_blackout, boot_restore, vms, left_out, shut_down,
+      started, still_saved and still_stopped.
   type: dict
 """
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 
 def _outcome(host: Mapping[str, Any], plan: Mapping[str, Any]) -> Dict[str, Any]:
@@ -58,6 +62,17 @@ def _outcome(host: Mapping[str, Any], plan: Mapping[str, Any]) -> Dict[str, Any]
     return {"host": name, "status": "not_started" if plan else "not_checked", "error": None}
 
 
+def _preflight(host: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The preflight as a phase, from the times the playbook noted around it."""
+    times = host.get("rolling_preflight_times") or {}
+    started, finished = times.get("started_at"), times.get("finished_at")
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (started, finished)):
+        return []
+    finished = max(float(started), float(finished))
+    return [{"name": "preflight", "started_at": round(float(started), 3), "finished_at": round(finished, 3),
+             "seconds": round(finished - float(started), 3)}]
+
+
 def fleet_entry(host: Mapping[str, Any]) -> Dict[str, Any]:
     plan = host.get("kernel_update_preflight") or {}
     facts = host.get("ansible_facts") or {}
@@ -67,10 +82,15 @@ def fleet_entry(host: Mapping[str, Any]) -> Dict[str, Any]:
         "kernel_after": None,
         "kernel_target": plan.get("kernel_target"),
         "planned_vms": plan.get("vms", []),
+        "needed": plan.get("needed"),
+        "why": list(plan.get("why") or []),
+        "batch": host.get("rolling_batch_number"),
         "blackout_seconds": None, "host_blackout": None, "boot_restore": None,
         "vms": [], "left_out": [], "shut_down": [], "started": [], "still_saved": [], "still_stopped": [],
     }
-    return {**planned, **_outcome(host, plan)}
+    entry = {**planned, **_outcome(host, plan)}
+    entry["phases"] = _preflight(host) + list(entry.get("phases") or [])
+    return entry
 
 
 class FilterModule:

@@ -13,6 +13,8 @@ version_added: 0.1.0
 description:
   - Reports the running kernel and boot id, the kernel images in C(/boot) (newest release first, each with its initrd),
     whether kexec-tools is installed and a kernel is loaded for C(kexec -e), and whether systemd runs the host.
+  - Reports whether the distribution says the host needs a reboot (C(/var/run/reboot-required) on Debian and Ubuntu,
+    C(needs-restarting -r) on the RHEL family).
   - Resolves the kernel an update would boot into from O(kernel), O(initrd) and O(kernel_release), the way the
     P(hypervisor.cpr.kernel_update#role) role names it, and says whether its image and initrd exist.
   - Reads only; it never changes the host.
@@ -126,12 +128,37 @@ target:
       description: Where its initrd was looked for.
       type: list
       elements: str
+reboot_required:
+  description:
+    - Whether the distribution says the host needs a reboot, as its own tools say it. On the Debian family (C(ID) or
+      C(ID_LIKE) of C(/etc/os-release)), whether C(/var/run/reboot-required) exists, with the packages
+      C(/var/run/reboot-required.pkgs) names. On the RHEL family, the exit status of C(needs-restarting -r)
+      (C(dnf needs-restarting -r) where only dnf has it), with the packages it lists.
+  returned: always
+  type: dict
+  version_added: 0.2.0
+  contains:
+    required:
+      description: V(true) or V(false); V(null) when it cannot be told (another distribution, the tool missing or failing).
+      type: bool
+    source:
+      description: What was asked, V(/var/run/reboot-required) or the command; V(null) when nothing could be.
+      type: str
+    detail:
+      description: What it said, for people.
+      type: str
+      sample: /var/run/reboot-required exists (System restart required), asked for by linux-image-6.1.0-28-amd64
+    packages:
+      description: The packages that asked for the reboot, where the distribution names them.
+      type: list
+      elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._host import status
 from ansible_collections.hypervisor.cpr.plugins.module_utils._module import run
+from ansible_collections.hypervisor.cpr.plugins.module_utils._reboot_required import reboot_required
 
 
 def main() -> None:
@@ -144,7 +171,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    run(module, lambda: status(params["kernel"], params["initrd"], params["kernel_release"]))
+    run(module, lambda: {**status(params["kernel"], params["initrd"], params["kernel_release"]),
+                         "reboot_required": reboot_required()})
 
 
 if __name__ == "__main__":

@@ -17,21 +17,28 @@ The tests share one fleet and run in file order; each leaves every VM
 running and no state behind.
 """
 
+import http.server
 import json
 import os
 import platform
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.request
+import zlib
 
 import pytest
 import testbed
 from qemu.qmp import QMPError
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
+from ansible_collections.hypervisor.cpr.plugins.filter import rollout_timeline
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -657,3 +664,260 @@ def test_a_vm_that_cannot_be_saved_is_shut_down_and_started_again(fleet):
     assert vm.runstate() == "running" and vm.agent("guest-ping") == {}
     assert vm.marker() != old_marker
     assert not [f for f in os.listdir(fleet.state_dir("hv3")) if f.endswith((".stopped", ".json"))]
+
+
+# --- rollouts left running: windows, gates, notifications, the timeline (issue 16) ---------------------------------
+
+PROMETHEUS = shutil.which("prometheus")
+CHROMIUM = shutil.which("chromium")
+# Days and times of a window; the clock (rolling_now) is fixed, inside or outside it.
+WINDOW = {"days": "mon-fri", "start": "22:00", "end": "05:00", "timezone": "Europe/Berlin"}
+INSIDE = "2026-11-30T23:30:00+01:00"   # a Monday night
+OUTSIDE = "2026-11-28T12:00:00+01:00"  # a Saturday noon
+RULES = """groups:
+  - name: hypervisor-cpr-test
+    interval: 1s
+    rules:
+      - alert: HypervisorOnFire
+        expr: vector(1)
+        labels: {severity: critical, team: infra}
+        annotations: {summary: the test's alert that always fires}
+      - alert: Watchdog
+        expr: vector(1)
+        labels: {severity: critical}
+      - alert: DiskAlmostFull
+        expr: vector(1)
+        labels: {severity: warning, team: db}
+      - alert: DatabaseDown
+        expr: vector(0) > 1
+        labels: {severity: critical, team: db}
+"""
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prometheus(fleet):
+    """A real Prometheus on localhost whose rules fire (HypervisorOnFire, Watchdog, DiskAlmostFull) or never do."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (scripts/install-host-deps.sh installs it)")
+    home = os.path.join(fleet.workdir, "prometheus")
+    os.makedirs(home)
+    with open(os.path.join(home, "rules.yml"), "w", encoding="utf-8") as handle:
+        handle.write(RULES)
+    with open(os.path.join(home, "prometheus.yml"), "w", encoding="utf-8") as handle:
+        handle.write("global: {evaluation_interval: 1s}\nrule_files: [rules.yml]\n")
+    url = f"http://127.0.0.1:{_free_port()}"
+    with open(os.path.join(home, "log"), "w", encoding="utf-8") as log:
+        server = subprocess.Popen([PROMETHEUS, f"--config.file={home}/prometheus.yml", f"--storage.tsdb.path={home}/data",
+                                   f"--web.listen-address={url[7:]}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def firing():
+            with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=2) as answer:
+                alerts = json.load(answer)["data"]["alerts"]
+            return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"} == {
+                "HypervisorOnFire", "Watchdog", "DiskAlmostFull"}
+        _wait_for(lambda: server.poll() is None and firing(), "Prometheus fired its alerts", timeout=60)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # pylint: disable=invalid-name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+@pytest.fixture(name="receiver")
+def fixture_receiver():
+    """A real HTTP receiver on localhost that records every notification: (path, payload)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _events(receiver, path="/hook"):
+    return [body["event"] for got, body in receiver.received if got == path]
+
+
+def test_outside_the_window_the_rollout_stops_cleanly_and_leaves_every_host(fleet, receiver):
+    old_pids = fleet.pids()
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    code, output, recap = fleet.play("-e", "kernel_update_force=true", "-e", json.dumps(
+        {"rolling_window": WINDOW, "rolling_now": OUTSIDE, "rolling_notify": [hook]}))
+    assert code == 0, _explain(output)
+    assert all(recap[h]["failed"] == 0 for h in HOSTS), recap
+    assert fleet.pids() == old_pids and not any(fleet.manifests(h) for h in HOSTS), "no VM was touched"
+    report = fleet.report()
+    assert report["stopped"] == ("window: outside the window (mon,tue,wed,thu,fri 22:00-05:00 Europe/Berlin) at Sat "
+                                 "2026-11-28 12:00 CET; it opens next at Mon 2026-11-30 22:00 CET")
+    assert report["stopped_cleanly"] and report["hosts_left"] == list(HOSTS)
+    assert {e["status"] for e in report["hosts"]} == {"not_started"}
+    assert all(e["why"] == ["kernel_update_force is set"] and e["needed"] for e in report["hosts"])
+    assert _events(receiver) == ["started", "stopped"]
+    stopped = receiver.received[-1][1]
+    assert stopped["data"]["hosts_left"] == list(HOSTS) and stopped["data"]["report"].endswith(".html")
+    assert os.path.exists(stopped["data"]["report"])
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
+def test_a_firing_alert_and_an_operator_check_hold_the_batch_then_stop_it_cleanly(fleet, prometheus, receiver):
+    old_pids = fleet.pids()
+    flag = os.path.join(fleet.workdir, "maintenance-flag")
+    open(flag, "w", encoding="utf-8").close()  # pylint: disable=consider-using-with
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    started = time.monotonic()
+    code, output, recap = fleet.play("-e", "kernel_update_force=true", "-e", json.dumps({
+        "rolling_window": WINDOW, "rolling_now": INSIDE, "rolling_notify": [hook, "slack:" + hook + "/slack"],
+        "rolling_block_on_alerts": {"url": prometheus, "match": ["severity=critical"], "ignore": ["Watchdog"]},
+        "rolling_gate_tasks": [os.path.join(HOOKS, "gate.yml")], "rolling_test_gate_file": flag,
+        "rolling_gate_wait_seconds": 4, "rolling_gate_interval_seconds": 2}))
+    held_seconds = time.monotonic() - started
+    os.unlink(flag)
+    assert code == 0, _explain(output)
+    assert all(recap[h]["failed"] == 0 for h in HOSTS), recap
+    assert fleet.pids() == old_pids and not any(fleet.manifests(h) for h in HOSTS), "no VM was touched"
+    report = fleet.report()
+    # Held for the wait (4 s: three looks), then stopped, naming each blocker; Watchdog and the warning never block.
+    assert report["stopped"].startswith('gate: held for 4 s by alert HypervisorOnFire {severity="critical", '
+                                        'team="infra"} firing since '), report["stopped"]
+    assert report["stopped"].endswith(f"; Hold while the maintenance flag is set: the maintenance flag {flag} is set")
+    assert "Watchdog" not in report["stopped"] and "DiskAlmostFull" not in report["stopped"]
+    assert report["stopped_cleanly"] and report["hosts_left"] == list(HOSTS)
+    assert held_seconds > 4
+    assert _events(receiver) == ["started", "held", "stopped"]
+    held = [body for path, body in receiver.received if path == "/hook"][1]
+    assert held["data"]["batch_hosts"] == ["hv1"] and len(held["data"]["blockers"]) == 2
+    assert [body["text"] for path, body in receiver.received if path == "/hook/slack"][1].startswith(
+        "Rolling kernel update test")
+
+
+def _png_colors(path):
+    """The set of (r, g, b) of a PNG's pixels (8-bit RGB or RGBA, not interlaced), decoded here."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, color, _c, _f, interlace = header
+    assert depth == 8 and color in (2, 6) and not interlace, header
+    step = 3 if color == 2 else 4
+    raw, stride, prior, colors = zlib.decompress(idat), width * step, bytearray(width * step), set()
+    for row in range(height):
+        kind, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)])
+        for i in range(stride):
+            left, up = line[i - step] if i >= step else 0, prior[i]
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                corner = prior[i - step] if i >= step else 0
+                guess = left + up - corner
+                best = min((abs(guess - left), 0, left), (abs(guess - up), 1, up), (abs(guess - corner), 2, corner))[2]
+                line[i] = (line[i] + best) & 255
+        colors.update(tuple(line[i:i + 3]) for i in range(0, stride, step))
+        prior = line
+    return colors
+
+
+def _rgb(color):
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed")
+def test_inside_the_window_with_quiet_gates_the_rollout_notifies_and_draws_its_timeline(fleet, prometheus, receiver):
+    before = fleet.memory()
+    old_pids = fleet.pids()
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    code, output, _recap = fleet.play("-e", "kernel_update_force=true", "-e", "rolling_serial=2", "-e", json.dumps({
+        "rolling_window": WINDOW, "rolling_now": INSIDE, "rolling_notify": [hook],
+        # Only the database team's critical alerts block: DatabaseDown never fires.
+        "rolling_block_on_alerts": {"url": prometheus, "match": 'severity="critical", team=~"db|storage"'},
+        "rolling_gate_tasks": [os.path.join(HOOKS, "gate.yml")],
+        "rolling_test_gate_file": os.path.join(fleet.workdir, "no-flag")}))
+    assert code == 0, _explain(output)
+    assert all(pid != old_pids[name] for name, pid in fleet.pids().items()), "every VM was restarted"
+    _assert_survived(fleet, before)
+    report = fleet.report()
+    assert report["stopped"] is None and report["hosts_left"] == [] and report["counts"] == {"updated": 3}
+    hosts = _hosts(report)
+    assert [hosts[h]["batch"] for h in HOSTS] == [1, 1, 2]
+    for entry in hosts.values():
+        names = [p["name"] for p in entry["phases"]]
+        assert names == ["preflight", "prepare", "save", "pre_reboot", "reboot", "restore", "verify"], names
+        assert all(a["finished_at"] == b["started_at"] for a, b in zip(entry["phases"][1:], entry["phases"][2:]))
+
+    assert _events(receiver) == ["started", "host_updated", "host_updated", "host_updated", "finished"]
+    bodies = [body for path, body in receiver.received if path == "/hook"]
+    assert bodies[0]["data"]["needing"] == list(HOSTS) and bodies[0]["data"]["window"].startswith("mon,tue")
+    assert sorted(b["data"]["host"] for b in bodies[1:4]) == list(HOSTS)
+    assert all(b["data"]["blackout_seconds"] > 0 and b["data"]["vms"] for b in bodies[1:4])
+    assert bodies[4]["data"]["counts"] == {"updated": 3} and bodies[4]["text"].endswith(".html")
+
+    page = os.path.join(fleet.reports, f"rolling-kernel-update-{report['run_id']}.html")
+    with open(page, encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.count('<g class="row">') == 3 and all(f">{name} " in text for names in HOSTS.values() for name in names)
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: the timeline was written but not looked at in a browser")
+    shot = _screenshot(fleet, page, "timeline.png", 640)
+    colors = _png_colors(shot)
+    # The browser drew every phase the hosts went through, the VMs' blackouts, and no failure.
+    for phase in ("preflight", "prepare", "save", "restore", "verify"):
+        assert _rgb(rollout_timeline.COLORS[phase]) in colors, phase
+    assert _rgb(rollout_timeline.BLACKOUT) in colors and _rgb(rollout_timeline.FAILED) not in colors
+    if os.environ.get("HYPERVISOR_CPR_SCREENSHOT"):
+        shutil.copy(shot, os.environ["HYPERVISOR_CPR_SCREENSHOT"])
+
+    # 300 hosts in batches of 25, made of this run's real entries, one failed: a row per batch, the failure marked.
+    real = list(hosts.values())
+    fleet_of_300 = []
+    for index in range(300):
+        entry, shift = json.loads(json.dumps(real[index % 3])), (index // 25) * 90
+        for item in entry["phases"] + entry["vms"]:
+            for key in ("started_at", "finished_at", "paused_at"):
+                if key in item:
+                    item[key] += shift
+        fleet_of_300.append({**entry, "host": f"hv{index}", "batch": index // 25 + 1,
+                             "status": "failed" if index == 130 else "updated"})
+    svg = rollout_timeline.rollout_timeline({"run_id": "300", "hosts": fleet_of_300})
+    assert svg.count('<g class="row">') == 12 and "batch 6: 25 hosts, 1 failed" in svg
+    large = os.path.join(fleet.workdir, "timeline-300.html")
+    with open(large, "w", encoding="utf-8") as handle:
+        handle.write(f"<!DOCTYPE html><html><body>{svg}</body></html>")
+    colors = _png_colors(_screenshot(fleet, large, "timeline-300.png", 560))
+    assert _rgb(rollout_timeline.FAILED) in colors and _rgb(rollout_timeline.BLACKOUT) in colors
+
+
+def _screenshot(fleet_, page, name, height):
+    """A PNG of the page as headless Chromium draws it."""
+    shot = os.path.join(fleet_.workdir, name)
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={fleet_.workdir}/chromium", f"--window-size=1100,{height}", f"--screenshot={shot}",
+                    f"file://{page}"], capture_output=True, timeout=120, check=True)
+    return shot
