@@ -10,8 +10,9 @@ name: vm_reports
 short_description: The VMs of the kernel_update role's report, from what cpr_restore returned
 version_added: 0.2.0
 description:
-  - Turns the RV(hypervisor.cpr.cpr_restore#module:vms) entries of one or more M(hypervisor.cpr.cpr_restore) results
-    into the entries of C(kernel_update_report.vms) of the P(hypervisor.cpr.kernel_update#role) role, one per VM.
+  - Turns the RV(hypervisor.cpr.cpr_restore#module:vms) entries of one or more M(hypervisor.cpr.cpr_restore) results,
+    and those of M(hypervisor.cpr.qemu_update), into the entries of C(kernel_update_report.vms) of the
+    P(hypervisor.cpr.kernel_update#role) role, one per VM.
   - Where several results name a VM (the role's restore, then its rescue's), the first entry wins.
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
@@ -37,11 +38,15 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - One entry per VM, in the order of the input, with the keys C(name), C(runstate_before), C(runstate),
-      C(suspended_by_us), C(saved_by_earlier_run), C(paused_at), C(downtime_seconds), C(save_seconds),
-      C(restore_seconds), C(state_bytes) and C(ram_in_place).
-    - All but C(saved_by_earlier_run) are the ones of RV(hypervisor.cpr.cpr_restore#module:vms), V(null) where the entry
-      lacks them; C(saved_by_earlier_run) tells whether the VM's name is in O(saved_by_earlier_run).
+    - One entry per VM, in the order of the input, with the keys C(name), C(method), C(reason), C(runstate_before),
+      C(runstate), C(suspended_by_us), C(saved_by_earlier_run), C(paused_at), C(downtime_seconds), C(save_seconds),
+      C(restore_seconds), C(state_bytes), C(ram_in_place), C(qemu_version_before), C(qemu_version_after),
+      C(binary_before), C(binary_after), C(pid_before) and C(pid_after).
+    - All but C(saved_by_earlier_run) and C(method) are the ones of RV(hypervisor.cpr.cpr_restore#module:vms) or
+      RV(hypervisor.cpr.qemu_update#module:vms), V(null) where the entry lacks them; C(saved_by_earlier_run) tells
+      whether the VM's name is in O(saved_by_earlier_run).
+    - C(method) is V(transfer) or V(relaunch) as M(hypervisor.cpr.qemu_update) reports it, else V(save-restore)
+      (saved by M(hypervisor.cpr.cpr_save), restored by M(hypervisor.cpr.cpr_restore)).
   type: list
   elements: dict
 """
@@ -49,8 +54,11 @@ _value:
 from typing import Any, Dict, Iterable, List, Mapping
 
 # The keys of a report entry, in order; all but saved_by_earlier_run are cpr_restore's.
-KEYS = ("name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
-        "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place")
+KEYS = ("name", "method", "reason", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
+        "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "qemu_version_before",
+        "qemu_version_after", "binary_before", "binary_after", "pid_before", "pid_after")
+# How a VM got its new QEMU: qemu_update says (transfer, relaunch); cpr_restore's entries were saved and restored.
+SAVE_RESTORE = "save-restore"
 
 
 def vm_reports(restored: Iterable[Mapping[str, Any]], saved_by_earlier_run: Iterable[str] = ()) -> List[Dict[str, Any]]:
@@ -58,7 +66,7 @@ def vm_reports(restored: Iterable[Mapping[str, Any]], saved_by_earlier_run: Iter
     reports: Dict[str, Dict[str, Any]] = {}
     for vm in restored:
         if vm["name"] not in reports:
-            entry = dict(vm, saved_by_earlier_run=vm["name"] in earlier)
+            entry = dict(vm, saved_by_earlier_run=vm["name"] in earlier, method=vm.get("method") or SAVE_RESTORE)
             reports[vm["name"]] = {key: entry.get(key) for key in KEYS}
     return list(reports.values())
 
