@@ -211,10 +211,12 @@ def _serves(argv: Sequence[str], path: Path) -> bool:
 
 def find_qemu_pid(qmp_socket: Path) -> int | None:
     """The pid of the QEMU serving this QMP socket (pids change on restart)."""
-    for pid, argv in _qemu_processes():
-        if _serves(argv, Path(qmp_socket)):
-            return pid
-    return None
+    return next(iter(qemu_pids(qmp_socket)), None)
+
+
+def qemu_pids(qmp_socket: Path) -> list[int]:
+    """Every QEMU whose command line serves this QMP socket (during a cpr-transfer, the old and the new one)."""
+    return [pid for pid, argv in _qemu_processes() if _serves(argv, Path(qmp_socket))]
 
 
 def _alive(pid: int) -> bool:
@@ -427,8 +429,10 @@ def _workdir_tag(workdir: Path) -> str:
 
 def qemu_argv(name: str, workdir: Path, *, ram: str = "shared-file", machine: str = "q35",
               mem_mib: int = 256, extra_args: Sequence[str] = (),
-              guest: Path | None = None, transfer: bool = False) -> list[str]:
+              guest: Path | None = None, transfer: bool = False, binary: str | None = None) -> list[str]:
     """The full QEMU command line of a test VM (every path absolute).
+
+    binary: the QEMU binary to run (default: qemu-system-x86_64 from PATH), for tests that replace it on disk.
 
     transfer: ready for cpr-transfer, -machine aux-ram-share=on (ROMs and video RAM in shared memory too); with
     shared RAM (memfd, the usual choice, or a shared file).
@@ -439,7 +443,7 @@ def qemu_argv(name: str, workdir: Path, *, ram: str = "shared-file", machine: st
         raise TestbedError(f"machine {machine!r} is not one of {', '.join(MACHINES)}")
     workdir = Path(workdir).resolve()
     kernel, initrd, cmdline = guest_artifacts(guest)
-    qemu = shutil.which(QEMU)
+    qemu = binary or shutil.which(QEMU)
     if qemu is None:
         raise TestbedError(f"{QEMU} not found: run scripts/install-host-deps.sh")
     qmp, qga = workdir / f"{name}.qmp", workdir / f"{name}.qga"
@@ -519,7 +523,8 @@ async def _wait_ready(vm: TestVM, deadline: float, wait_agent: bool) -> None:
 def boot_vms(workdir: Path, count: int = 1, *, names: Sequence[str] | None = None,
              ram: str = "shared-file", machine: str = "q35", mem_mib: int = 256,
              wait_agent: bool = True, extra_args: Sequence[str] = (),
-             timeout: float = 120.0, guest: Path | None = None, transfer: bool = False) -> list[TestVM]:
+             timeout: float = 120.0, guest: Path | None = None, transfer: bool = False,
+             binary: str | None = None) -> list[TestVM]:
     """Boot VMs concurrently; return once each answers QMP (and its agent).
 
     names defaults to vm0..vm<count-1>. On failure every VM started here is
@@ -531,7 +536,7 @@ def boot_vms(workdir: Path, count: int = 1, *, names: Sequence[str] | None = Non
     if len(set(names)) != len(names):
         raise TestbedError(f"duplicate VM names: {names}")
     argvs = [qemu_argv(n, workdir, ram=ram, machine=machine, mem_mib=mem_mib,
-                       extra_args=extra_args, guest=guest, transfer=transfer) for n in names]
+                       extra_args=extra_args, guest=guest, transfer=transfer, binary=binary) for n in names]
     for name in names:
         if find_qemu_pid(workdir / f"{name}.qmp") is not None:
             raise TestbedError(f"{name}: a QEMU already serves {workdir / (name + '.qmp')}")
