@@ -25,8 +25,8 @@ import os
 import signal
 import stat
 import time
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _migration as migration
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotAnsweringError, NotReadyError
@@ -121,6 +121,47 @@ def _checked_dir(path: str, uid: int, mode: int, gid: Optional[int]) -> None:
                        hint="remove it (hypervisor.cpr makes it again) or fix its owner and mode; nothing was touched")
 
 
+# The old QEMU's sockets, kept under a second name while the new QEMU may replace them (see keep_sockets).
+KEPT_SUFFIX = ".cpr-old"
+
+
+def keep_sockets(paths: List[Optional[str]]) -> List[Tuple[str, int]]:
+    """A second name (a hard link) for each of the old QEMU's sockets: (path, inode).
+
+    A new QEMU binds the VM's QMP and agent socket paths as soon as it has the descriptors, replacing the old QEMU's
+    socket files; should it fail after that (a device it cannot open), those paths lead nowhere while the old QEMU
+    still runs the guest. The link lets the undo put the old QEMU's own socket back at its path.
+    """
+    kept = []
+    for path in dict.fromkeys(p for p in paths if p):
+        backup = path + KEPT_SUFFIX
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backup)
+        os.link(path, backup)
+        kept.append((path, os.stat(backup).st_ino))
+    return kept
+
+
+def put_back_sockets(kept: List[Tuple[str, int]]) -> List[str]:
+    """Each socket path a failed new QEMU replaced leads to the old QEMU again; the paths put back."""
+    restored = []
+    for path, inode in kept:
+        try:
+            current: Optional[int] = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != inode:
+            os.rename(path + KEPT_SUFFIX, path)
+            restored.append(path)
+    return restored
+
+
+def forget_sockets(kept: List[Tuple[str, int]]) -> None:
+    for path, _inode in kept:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + KEPT_SUFFIX)
+
+
 def remove_channels(channels: Channels) -> None:
     for path in channels.paths:
         with contextlib.suppress(FileNotFoundError):
@@ -140,6 +181,8 @@ class _Transfer:
     new_pid: Optional[int] = None
     settings_before: migration.Settings = ({}, {})
     settings_applied: bool = False
+    # The old QEMU's QMP and agent sockets under a second name (keep_sockets).
+    kept: List[Tuple[str, int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -159,6 +202,7 @@ async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_ag
             raise CprError(f"the QEMU at its QMP socket is pid {old.pid}, not pid {facts.pid}", name,
                            hint="something changed the VM since its facts were read; nothing was touched, run again")
         try:
+            job.kept = await asyncio.to_thread(keep_sockets, [facts.qmp_socket, facts.qga_socket])
             job.settings_before = await migration.current(old, SETTINGS)
             job.settings_applied = True
             await migration.apply(old, SETTINGS)
@@ -260,7 +304,21 @@ async def _new_session(job: _Transfer, qmp_inode: int, timeout: float,
 async def _undo(old: QmpSession, job: _Transfer, state_dir: StateDir, cause: BaseException) -> None:
     """The new process gone first (nothing may run the guest beside the old one), then the old one resumed."""
     notes: List[str] = []
+    launched = job.launched
+    # A new QEMU that took the descriptors and then failed (a device it could not open) exits by itself, and the old
+    # one only sees the main channel refused: its own words say why.
+    exited = launched.child.poll() if launched is not None and launched.child is not None else None
     await _end_new(job)
+    if exited is not None and isinstance(cause, CprError):
+        cause.message += f"; the new QEMU had exited with status {exited}: {state_dir.log_tail(job.name)}"
+    try:
+        restored = await asyncio.to_thread(put_back_sockets, job.kept)
+    except OSError as exc:
+        notes.append(f"the old QEMU's socket {exc.filename} could not be put back at its path ({exc.strerror}): it "
+                     f"still listens under {exc.filename}{KEPT_SUFFIX}")
+    else:
+        if restored:
+            notes.append(f"the old QEMU's sockets were put back at {', '.join(restored)}, which the new one had taken")
     try:
         info = await old.execute("query-migrate")
         if info.get("status") not in (None, "none", *migration.FINAL_STATES):
@@ -299,6 +357,7 @@ async def _end_old(pid: int, timeout: float) -> None:
 
 
 def _finish(state_dir: StateDir, job: _Transfer) -> None:
+    forget_sockets(job.kept)
     remove_channels(job.channels)
     state_dir.remove_transfer(job.name)
 
