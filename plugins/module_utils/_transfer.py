@@ -218,11 +218,12 @@ async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_ag
             _record(state_dir, job)
             paused_at = time.time()
             await old.execute("migrate", channels.migrate_arguments())
-            info = await migration.wait_migration(old, timeout, "the transfer")
-            new = await _new_session(job, qmp_inode, timeout, stack)
+            # The new QEMU answering at the VM's QMP path is the sign the state arrived: no wait on the old one first.
+            new = await _new_session(job, old, qmp_inode, timeout, stack)
             if await runstate(new) != "running":
                 await wait_runstate(new, "running", timeout, "the transfer")
             back_at = time.time()
+            info = await migration.wait_migration(old, timeout, "the transfer")
         except BaseException as exc:
             await _undo(old, job, state_dir, exc)
             raise
@@ -274,14 +275,18 @@ async def _listening(job: _Transfer, state_dir: StateDir, timeout: float) -> int
         hint="the VM runs on in its old QEMU; the new one was ended"))
 
 
-async def _new_session(job: _Transfer, qmp_inode: int, timeout: float,
+async def _new_session(job: _Transfer, old: QmpSession, qmp_inode: int, timeout: float,
                        stack: contextlib.AsyncExitStack) -> QmpSession:
-    """The new QEMU's monitor, once it has taken over the VM's QMP socket path (a new socket there, the new process)."""
+    """The new QEMU's monitor, once it has taken over the VM's QMP socket path (a new socket there, the new process).
+
+    Inside the guest's pause: checked every millisecond or two, and a transfer the old QEMU reports failed ends it.
+    """
     path = job.facts.qmp_socket or ""
 
     async def answers() -> Optional[QmpSession]:
         if not alive(job.new_pid or 0):
             raise CprError("the new QEMU ended during the transfer", job.name)
+        await migration.migration_info(old, "the transfer")
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == qmp_inode:
                 return None
@@ -298,7 +303,7 @@ async def _new_session(job: _Transfer, qmp_inode: int, timeout: float,
         return session
 
     return await poll(answers, timeout, lambda: NotAnsweringError(
-        f"the new QEMU did not answer on {path} within {timeout:g} s after the transfer", job.name))
+        f"the new QEMU did not answer on {path} within {timeout:g} s after the transfer", job.name), every=0.002)
 
 
 async def _undo(old: QmpSession, job: _Transfer, state_dir: StateDir, cause: BaseException) -> None:
@@ -307,7 +312,11 @@ async def _undo(old: QmpSession, job: _Transfer, state_dir: StateDir, cause: Bas
     launched = job.launched
     # A new QEMU that took the descriptors and then failed (a device it could not open) exits by itself, and the old
     # one only sees the main channel refused: its own words say why.
-    exited = launched.child.poll() if launched is not None and launched.child is not None else None
+    child = launched.child if launched is not None else None
+    exited = None
+    if child is not None and not alive(child.pid):
+        # Ending already (its main thread a zombie while its other threads exit): reaped in moments.
+        exited = await asyncio.to_thread(child.wait)
     await _end_new(job)
     if exited is not None and isinstance(cause, CprError):
         cause.message += f"; the new QEMU had exited with status {exited}: {state_dir.log_tail(job.name)}"
@@ -330,7 +339,8 @@ async def _undo(old: QmpSession, job: _Transfer, state_dir: StateDir, cause: Bas
         if job.settings_applied:
             await migration.apply(old, job.settings_before)
     except CprError as exc:
-        notes.append(f"the old QEMU could not be resumed ({exc.message})")
+        notes.append(f"the old QEMU could not be resumed ({exc.message}): it still holds the guest; once it answers "
+                     f"again on {job.facts.qmp_socket}, run cont on it if query-status says paused or postmigrate")
     await asyncio.to_thread(_finish, state_dir, job)
     if isinstance(cause, CprError):
         cause.vm = cause.vm or job.name
