@@ -76,6 +76,14 @@ class UpdateResult:
     # QEMU's own figure for the pause (query-migrate downtime), transfers only.
     qemu_downtime_ms: Optional[int]
     update_seconds: float
+    # As cpr_restore reports them (the role's report has the same keys for every VM). A transfer: the VM ran, was
+    # not suspended, its RAM was handed over in place and no state file was written (save/restore/state: None).
+    runstate_before: str = "running"
+    suspended_by_us: bool = False
+    ram_in_place: bool = True
+    save_seconds: Optional[float] = None
+    restore_seconds: Optional[float] = None
+    state_bytes: Optional[int] = None
 
 
 # --------------------------------------------------------------------------- the socket directory

@@ -178,6 +178,7 @@ async def _back(facts: VmFacts, state_dir: StateDir, options: UpdateOptions, rea
     started = time.monotonic()
     manifest = state_dir.read_manifest(facts.name)
     pid, back_at = await bring_back(manifest, state_dir, options.launcher, options.timeout)
+    restore_seconds = time.monotonic() - started
     if manifest.held_unit:
         await asyncio.to_thread(release, [manifest.held_unit])
     async with open_qmp(manifest.qmp_socket, vm=facts.name, timeout=CONNECT_TIMEOUT) as session:
@@ -188,4 +189,6 @@ async def _back(facts: VmFacts, state_dir: StateDir, options: UpdateOptions, rea
     return UpdateResult(facts.name, "relaunch", True, reason, state, facts.pid, pid, facts.qemu_version,
                         "{major}.{minor}.{micro}".format(**version), facts.exe, exe_of(pid),
                         unit_of(pid or 0), manifest.paused_at, back_at, back_at - manifest.paused_at, None,
-                        manifest.save_seconds + time.monotonic() - started)
+                        manifest.save_seconds + time.monotonic() - started, manifest.runstate_before,
+                        manifest.suspended_by_us, manifest.ram_in_place, manifest.save_seconds, restore_seconds,
+                        manifest.state_bytes)

@@ -14,18 +14,20 @@ description:
   - For a QEMU or library update without a reboot. Every selected VM ends up in a new QEMU process that runs the binary
     now at its old QEMU's path (C(/proc/<pid>/exe), checked as a restart checks it), with the same command line, the
     machine type pinned to the versioned type it runs, as the same user. Nothing leaves the host between the steps.
-  - B(Transfer) (QEMU's C(cpr-transfer) mode), for a running VM that allows it (RV(hypervisor.cpr.vm_status#module:vms[].transfer)):
-    the new QEMU is started beside the old one with two C(-incoming) channels, unix sockets in the VM's private
+  - B(Transfer) (QEMU's C(cpr-transfer) mode), for a running VM that allows it
+    (RV(hypervisor.cpr.vm_status#module:vms[].transfer)). The new QEMU is started beside the old one with two C(-incoming) channels, unix sockets in the VM's private
     directory C(/run/hypervisor-cpr/<name>/) (C(main) and C(cpr)); once it listens on the cpr socket, and only it does,
     the old QEMU migrates with mode C(cpr-transfer), handing guest RAM over as file descriptors; the guest pauses for
     the device state only. Once the new QEMU answers on the VM's QMP socket and runs, the old one is ended.
   - Until then the old QEMU keeps the VM; any failure ends the new process first, then resumes the old one as it was,
-    and removes the sockets. The new QEMU is recorded (C(<state_dir>/<name>.transfer), pid and start time) before
+    and removes the channels' sockets. The old QEMU's QMP and guest agent sockets are kept under a second name
+    (C(<path>.cpr-old)) during the transfer, so that where a failing new QEMU had already bound those paths, the undo
+    puts the old QEMU's sockets back. The new QEMU is recorded (C(<state_dir>/<name>.transfer), pid and start time) before
     anything waits for it.
-  - The old QEMU is ended with SIGKILL, not C(quit): its exit would unlink the QMP and guest agent sockets the new
+  - The old QEMU is ended with SIGKILL, not C(quit), because its exit would unlink the QMP and guest agent sockets the new
     QEMU now serves at the same paths. After a completed transfer it holds nothing the VM needs.
-  - B(Relaunch), for every other selected VM (paused, suspended, RAM not shared, no C(aux-ram-share=on), QEMU before
-    10.0, a blocker, an operator's systemd service): saved with cpr-reboot as M(hypervisor.cpr.cpr_save) saves it, its
+  - B(Relaunch). Every other selected VM (paused, suspended, RAM not shared, no C(aux-ram-share=on), QEMU before
+    10.0, a blocker, an operator's systemd service) is saved with cpr-reboot as M(hypervisor.cpr.cpr_save) saves it, its
     QEMU quit, a new one started from the manifest and the state loaded as M(hypervisor.cpr.cpr_restore) does it, in
     the same call. A VM QEMU refuses to transfer once it is asked (a blocker its cpr-transfer mode shows) is relaunched
     too, with O(method=auto).
@@ -53,7 +55,7 @@ options:
     default: auto
   timeout:
     description:
-      - Seconds for each VM's update: for its new QEMU to listen, for the migration, for the new QEMU to run, for a
+      - Seconds for each VM's update, that is for its new QEMU to listen, for the migration, for the new QEMU to run, for a
         relaunch's save and load, and for its guest agent to answer again where it answered before.
     type: float
     default: 300.0
@@ -166,6 +168,26 @@ vms:
     update_seconds:
       description: Seconds this VM's update took, checks and the guest agent's answer included.
       type: float
+    runstate_before:
+      description: Its runstate in the old QEMU (V(running) for a transfer).
+      type: str
+    suspended_by_us:
+      description: Whether a relaunch suspended the guest to RAM first (and woke it); V(false) for a transfer.
+      type: bool
+    ram_in_place:
+      description:
+        - Whether guest RAM stayed where it was instead of being copied; V(true) for a transfer (handed over as file
+          descriptors).
+      type: bool
+    save_seconds:
+      description: Seconds a relaunch's save took (as RV(hypervisor.cpr.cpr_save#module:vms[].save_seconds)); V(null) for a transfer.
+      type: float
+    restore_seconds:
+      description: Seconds from a relaunch's new QEMU start to the VM back in its runstate; V(null) for a transfer.
+      type: float
+    state_bytes:
+      description: Size of a relaunch's state file; V(null) for a transfer, which writes none.
+      type: int
 would_transfer:
   description: The VMs this call transfers (in check mode, would transfer).
   returned: always
