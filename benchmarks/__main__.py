@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--runs N] [--json PATH] [--only 1,2,3,4,5]
+"""python -m benchmarks [--quick] [--runs N] [--json PATH] [--only 1,2,3,4,5,6]
 
 Runs the benchmarks against real QEMU VMs (TCG), prints one table and
 writes it, with every measurement and the machine it came from, as JSON.
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "3": ("ramcopy", "RAM-copy throughput against dd, with and without mapped-ram + multifd"),
     "4": ("role", "the kernel_update role's own overhead for 1 and 8 VMs"),
     "5": ("memory", "peak memory of the module processes"),
+    "6": ("transfer", "QEMU-only update: cpr-transfer via the role against the hand-typed transfer and the relaunch"),
 }
 DEFAULT_JSON = "reports/benchmarks.json"
 SMALL_MEM_MIB = 128
@@ -38,7 +39,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="smallest configuration (CI): 1 run, 1 and 2 VMs, a small RAM copy")
     parser.add_argument("--runs", type=int, default=None, help="measured runs per figure (default 5, --quick 1)")
     parser.add_argument("--json", default=DEFAULT_JSON, help=f"where to write the JSON (default {DEFAULT_JSON})")
-    parser.add_argument("--only", default="1,2,3,4,5", help="which benchmarks, e.g. 1,2 (default all)")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="which benchmarks, e.g. 1,2 (default all)")
     parser.add_argument("--ram-copy-mib", type=int, default=None,
                         help="incompressible guest memory for benchmark 3 (default 1024, --quick 32)")
     args = parser.parse_args(argv)

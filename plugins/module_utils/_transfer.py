@@ -197,9 +197,15 @@ class _Transfer:
         return self.facts.name
 
 
-async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_agent: bool = True) -> UpdateResult:
-    """Move one running VM to a new QEMU of the binary now at its old one's path; on failure leave it as it was."""
+async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_agent: bool = True,
+                   pause: Optional[asyncio.Lock] = None) -> UpdateResult:
+    """Move one running VM to a new QEMU of the binary now at its old one's path; on failure leave it as it was.
+
+    pause: held from migrate until the new QEMU runs. The transfers of one call share it, so the guests pause one at a
+    time: a new QEMU builds its machine inside the pause, and several at once on a few cores lengthen every pause.
+    """
     name, started = facts.name, time.monotonic()
+    pause = pause or asyncio.Lock()
     command = Command.of(facts).checked(name)
     channels = await asyncio.to_thread(prepare_channels, name, command.credentials)
     job = _Transfer(facts, channels)
@@ -224,13 +230,14 @@ async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_ag
             _record(state_dir, job)
             job.new_pid = await _listening(job, state_dir, timeout)
             _record(state_dir, job)
-            paused_at = time.time()
-            await old.execute("migrate", channels.migrate_arguments())
-            # The new QEMU answering at the VM's QMP path is the sign the state arrived: no wait on the old one first.
-            new = await _new_session(job, old, qmp_inode, timeout, stack)
-            if await runstate(new) != "running":
-                await wait_runstate(new, "running", timeout, "the transfer")
-            back_at = time.time()
+            async with pause:
+                paused_at = time.time()
+                await old.execute("migrate", channels.migrate_arguments())
+                # The new QEMU answering at the VM's QMP path is the sign the state arrived: no wait on the old one.
+                new = await _new_session(job, old, qmp_inode, timeout, stack)
+                if await runstate(new) != "running":
+                    await wait_runstate(new, "running", timeout, "the transfer")
+                back_at = time.time()
             info = await migration.wait_migration(old, timeout, "the transfer")
         except BaseException as exc:
             await _undo(old, job, state_dir, exc)

@@ -146,8 +146,11 @@ async def _update_all(plan: _Plan, state_dir: StateDir, options: UpdateOptions) 
     relaunched afterwards.
     """
     names = [f.name for f in plan.transfer]
+    # New QEMUs start side by side; the guests pause one at a time (see _transfer.transfer).
+    pause = asyncio.Lock()
     transfers, relaunched = await asyncio.gather(
-        asyncio.gather(*(transfer(f, state_dir, options.timeout) for f in plan.transfer), return_exceptions=True),
+        asyncio.gather(*(transfer(f, state_dir, options.timeout, pause=pause) for f in plan.transfer),
+                       return_exceptions=True),
         _relaunch(plan.relaunch, state_dir, options, plan.reasons))
     results: List[Any] = list(transfers)
     retry = [f for f, r in zip(plan.transfer, transfers) if isinstance(r, NotReadyError) and options.method == "auto"]
