@@ -26,7 +26,7 @@ import signal
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import AsyncIterator, List, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _migration as migration
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, NotAnsweringError, NotReadyError
@@ -197,15 +197,50 @@ class _Transfer:
         return self.facts.name
 
 
+class Turns:
+    """When the transfers of one call may pause their guests: once every new QEMU of the call listens (or its transfer
+    ended), then one guest at a time.
+
+    A new QEMU builds its machine inside the pause; other QEMUs starting, or pausing, on the same few cores at that
+    moment lengthen it (measured: 8 at once, 4.4 times one on 2 cores).
+    """
+
+    def __init__(self, names: List[str]) -> None:
+        self._waiting = set(names)
+        self._ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        if not self._waiting:
+            self._ready.set()
+
+    def arrived(self, name: str) -> None:
+        """This VM's new QEMU listens, or its transfer ended: the others need not wait for it."""
+        self._waiting.discard(name)
+        if not self._waiting:
+            self._ready.set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        await self._ready.wait()
+        async with self._lock:
+            yield
+
+
 async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_agent: bool = True,
-                   pause: Optional[asyncio.Lock] = None) -> UpdateResult:
+                   turns: Optional[Turns] = None) -> UpdateResult:
     """Move one running VM to a new QEMU of the binary now at its old one's path; on failure leave it as it was.
 
-    pause: held from migrate until the new QEMU runs. The transfers of one call share it, so the guests pause one at a
-    time: a new QEMU builds its machine inside the pause, and several at once on a few cores lengthen every pause.
+    turns: shared by the transfers of one call (see Turns).
     """
+    turns = turns or Turns([facts.name])
+    try:
+        return await _transfer(facts, state_dir, timeout, check_agent, turns)
+    finally:
+        turns.arrived(facts.name)
+
+
+async def _transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_agent: bool,
+                    turns: Turns) -> UpdateResult:
     name, started = facts.name, time.monotonic()
-    pause = pause or asyncio.Lock()
     command = Command.of(facts).checked(name)
     channels = await asyncio.to_thread(prepare_channels, name, command.credentials)
     job = _Transfer(facts, channels)
@@ -230,7 +265,8 @@ async def transfer(facts: VmFacts, state_dir: StateDir, timeout: float, check_ag
             _record(state_dir, job)
             job.new_pid = await _listening(job, state_dir, timeout)
             _record(state_dir, job)
-            async with pause:
+            turns.arrived(name)
+            async with turns.turn():
                 paused_at = time.time()
                 await old.execute("migrate", channels.migrate_arguments())
                 # The new QEMU answering at the VM's QMP path is the sign the state arrived: no wait on the old one.

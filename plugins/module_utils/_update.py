@@ -34,7 +34,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._select import (
     select_endpoints,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
-from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer import UpdateResult, exe_of, transfer
+from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer import Turns, UpdateResult, exe_of, transfer
 from ansible_collections.hypervisor.cpr.plugins.module_utils._units import release
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout
 
@@ -146,10 +146,10 @@ async def _update_all(plan: _Plan, state_dir: StateDir, options: UpdateOptions) 
     relaunched afterwards.
     """
     names = [f.name for f in plan.transfer]
-    # New QEMUs start side by side; the guests pause one at a time (see _transfer.transfer).
-    pause = asyncio.Lock()
+    # New QEMUs start side by side; once all listen, the guests pause one at a time (see _transfer.Turns).
+    turns = Turns(names)
     transfers, relaunched = await asyncio.gather(
-        asyncio.gather(*(transfer(f, state_dir, options.timeout, pause=pause) for f in plan.transfer),
+        asyncio.gather(*(transfer(f, state_dir, options.timeout, turns=turns) for f in plan.transfer),
                        return_exceptions=True),
         _relaunch(plan.relaunch, state_dir, options, plan.reasons))
     results: List[Any] = list(transfers)
