@@ -171,9 +171,12 @@ def forget_sockets(kept: List[Tuple[str, int]]) -> None:
 
 
 def remove_channels(channels: Channels) -> None:
+    """The two sockets, and the VM's directory once empty (VM names come and go)."""
     for path in channels.paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(channels.directory)
 
 
 # --------------------------------------------------------------------------- the transfer

@@ -91,7 +91,7 @@ def test_one_call_transfers_one_vm_and_relaunches_the_other(vms, vm_pool):
     assert testbed.survival_problems(list(vms), snapshot) == []
     # Nothing left behind: no record, no manifest, no socket of the transfer's channels.
     assert not [f for f in os.listdir(state_dir) if f.endswith((".transfer", ".json", ".state", ".saving"))]
-    assert not [p for p in Channels.for_vm("xfer").paths if os.path.exists(p)]
+    assert not os.path.exists(Channels.for_vm("xfer").directory)
 
     # The transferred VM is as ready as before: a second transfer works the same way.
     assert _verdicts(["xfer"])["xfer"] == (True, {"ready": True, "reasons": []})
