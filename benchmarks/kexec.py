@@ -1,4 +1,4 @@
-"""7. Restore at boot: a host's blackout across a real kexec, without and with the boot restore (kexec lab).
+"""8. Restore at boot: a host's blackout across a real kexec, without and with the boot restore (kexec lab).
 
 Boots one L1 test hypervisor of the kexec lab (tests/kexec/lab.py, or uses the lab HYPERVISOR_CPR_KEXEC_LAB
 names) with two guests, one with its RAM on pmem (kept in place) and one whose RAM is copied, and runs the
@@ -12,7 +12,7 @@ playbook's fleet report of each run:
   Goal (issue 14): no more than that part plus 3 s;
 - the boot restore's own time (its slowest VM).
 
-A real kexec under TCG takes minutes: not in the default set, run it with --only 7.
+A real kexec under TCG takes minutes: not in the default set, run it with --only 8.
 """
 
 from __future__ import annotations
@@ -111,12 +111,12 @@ def run(ctx: Context) -> Tuple[List[Row], Dict[str, Any]]:
     limit = after["to_userspace"] + MARGIN_SECONDS
     ratio = after["vm_blackout"] / before["vm_blackout"] if before["vm_blackout"] else None
     rows = [
-        Row("7", "VMs' blackout across the kexec, with / without the boot restore", after["vm_blackout"],
+        Row("8", "VMs' blackout across the kexec, with / without the boot restore", after["vm_blackout"],
             before["vm_blackout"], "s", ratio, note="first VM stopped to last VM back; without it the controller "
             "restores once it has reconnected"),
-        Row("7", "longest VM downtime, with / without the boot restore", after["max_downtime"], before["max_downtime"],
+        Row("8", "longest VM downtime, with / without the boot restore", after["max_downtime"], before["max_downtime"],
             "s", after["max_downtime"] / before["max_downtime"]),
-        Row("7", "host blackout (reboot command to last VM back) / (to new userspace + 3 s)", after["host_blackout"],
+        Row("8", "host blackout (reboot command to last VM back) / (to new userspace + 3 s)", after["host_blackout"],
             limit, "s", after["host_blackout"] / limit, "<= 1", goal_check(after["host_blackout"] / limit, "<=", 1.0),
             note=f"{after['to_userspace']:.1f} s of it from the reboot command to the new kernel's userspace running "
             f"the boot restore (old kernel's shutdown, kexec, new kernel's boot); the boot restore itself "

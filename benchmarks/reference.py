@@ -12,6 +12,7 @@ demanding reference.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -87,14 +88,19 @@ async def restore(argv: Sequence[str], qmp_socket: str, state_file: str, log: st
         await _configure(client, in_place)
         await client.execute("migrate-incoming", {"uri": f"file:{state_file}"})
         times["incoming"] = time.time()
-        while (await client.execute("query-status"))["status"] != "running":
-            if time.monotonic() > deadline:
-                raise RuntimeError("the reference's restored VM did not run in time")
-            await asyncio.sleep(POLL)
-        times["running"] = time.time()
+        times["running"] = await _until_running(client, deadline, "restored")
     finally:
         await client.disconnect()
     return times, child
+
+
+async def _until_running(client: QMPClient, deadline: float, what: str) -> float:
+    """Poll query-status every millisecond until the VM runs; when it did."""
+    while (await client.execute("query-status"))["status"] != "running":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the reference's {what} VM did not run in time")
+        await asyncio.sleep(POLL)
+    return time.time()
 
 
 async def cycle(vm: Any, state_file: str, in_place: bool = True) -> Tuple[Dict[str, float], subprocess.Popen]:
@@ -140,3 +146,65 @@ async def parallel(vms: Sequence[Any], state_dir: str, in_place: bool = True,
     restores = await asyncio.gather(*(restore(vm.argv, str(vm.qmp_socket), path, str(vm.log), in_place)
                                       for vm, path in zip(vms, files)))
     return [{**s, **r[0]} for s, r in zip(saves, restores)], [r[1] for r in restores]
+
+
+async def transfer(vm: Any, socket_dir: str, timeout: float = 120.0) -> Tuple[Dict[str, float], subprocess.Popen]:
+    """cpr-transfer typed by hand: the new QEMU beside the old one, migrate, the new one running, the old one killed.
+
+    The steps of QEMU's docs/devel/migration/CPR.rst: the new QEMU gets the old one's argv and two -incoming
+    channels (main and cpr, unix sockets); once its cpr socket exists, the old QEMU migrates with mode cpr-transfer;
+    the new QEMU opens its monitor (at the same QMP path) only once it has the descriptors, so the QMP path is polled
+    until it is a new socket, then query-status until ``running``. "paused" is when ``migrate`` is sent.
+    """
+    pid = vm.refresh_pid()
+    if pid is None:
+        raise RuntimeError(f"{vm.name}: no QEMU")
+    qmp = str(vm.qmp_socket)
+    main, cpr = os.path.join(socket_dir, "main"), os.path.join(socket_dir, "cpr")
+    for path in (main, cpr):
+        if os.path.exists(path):
+            os.unlink(path)
+    channels = [{"channel-type": kind, "addr": {"transport": "socket", "type": "unix", "path": path}}
+                for kind, path in (("main", main), ("cpr", cpr))]
+    incoming = [word for channel in channels for word in ("-incoming", json.dumps(channel))]
+    inode = os.stat(qmp).st_ino
+    times = {"launch": time.time()}
+    with open(str(vm.log), "ab") as out:
+        child = subprocess.Popen([*vm.argv, *incoming], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(cpr):
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the reference's new QEMU did not listen (exit {child.poll()}), see {vm.log}")
+        await asyncio.sleep(POLL)
+    times["listening"] = time.time()
+    old = QMPClient("reference")
+    await old.connect(qmp)
+    try:
+        await old.execute("migrate-set-parameters", {"mode": "cpr-transfer"})
+        times["paused"] = time.time()
+        await old.execute("migrate", {"channels": channels})
+        new: Optional[QMPClient] = None
+        while new is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the reference's new QEMU did not answer after the transfer")
+            if os.stat(qmp).st_ino != inode:
+                candidate = QMPClient("reference")
+                try:
+                    await candidate.connect(qmp)
+                    new = candidate
+                    continue
+                except Exception:  # pylint: disable=broad-except
+                    pass  # not listening yet
+            await asyncio.sleep(POLL)
+        try:
+            times["running"] = await _until_running(new, deadline, "transferred")
+        finally:
+            await new.disconnect()
+    finally:
+        await old.disconnect()
+    # Not quit: the old QEMU's exit would unlink the sockets the new one serves at the same paths.
+    os.kill(pid, 9)
+    while not _gone(pid):
+        await asyncio.sleep(POLL)
+    return times, child

@@ -2,7 +2,8 @@
 # Sets up this machine and runs the main job against real local test VMs:
 # installs QEMU 10 and the Python environment, builds the test guest, boots
 # three test VMs under TCG, and runs the rolling kernel update over them as two
-# local "hypervisors" (reboot method none: QEMU restarts, the kernel stays).
+# local "hypervisors" (reboot method none: each VM gets a new QEMU, by cpr-transfer where it can;
+# the kernel stays).
 # Run as root on Debian 12 or 13. The VMs are stopped again at the end.
 set -euo pipefail
 
@@ -24,7 +25,10 @@ trap 'testbed down --workdir "$WORKDIR" >/dev/null' EXIT
 mkdir -p "$WORKDIR"
 chmod 0700 "$WORKDIR"
 echo "Booting three test VMs in $WORKDIR ..."
-testbed up --workdir "$WORKDIR" --count 3 --prefix demo >/dev/null
+# demo0 and demo1 are ready for cpr-transfer (RAM in a shared memfd, -machine aux-ram-share=on): their QEMU is
+# transferred; demo2-0 (RAM in a shared file, no aux-ram-share) is saved and relaunched in the same call.
+testbed up --workdir "$WORKDIR" --count 2 --prefix demo --ram memfd --transfer >/dev/null
+testbed up --workdir "$WORKDIR" --count 1 --prefix demo2- >/dev/null
 
 # Two local "hypervisors", one at a time: preflight, save, restart, restore, report.
 ansible-playbook -i examples/local/inventory.yml playbooks/rolling_kernel_update.yml \

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.cpr contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark callback: when each task started and ended, what it did, and the save/restore results.
+"""Benchmark callback: when each task started and ended, what it did, and the save/restore/update results.
 
 Enabled only by the benchmarks (ANSIBLE_CALLBACKS_ENABLED=bench_timer); writes
 JSON to $BENCH_TIMER_OUT at the end of the playbook.
@@ -15,7 +15,7 @@ type: aggregate
 short_description: Task timings for the hypervisor.cpr benchmarks
 description:
   - Records the start and end of every task, its status per host, whether it ran a module on the host, and the
-    results of cpr_save and cpr_restore, and writes them as JSON to the file named by E(BENCH_TIMER_OUT).
+    results of cpr_save, cpr_restore and qemu_update, and writes them as JSON to the file named by E(BENCH_TIMER_OUT).
 requirements:
   - enabled in the configuration (the benchmarks set ANSIBLE_CALLBACKS_ENABLED)
 """
@@ -32,7 +32,7 @@ CONTROLLER_ACTIONS = frozenset(
     for name in ("set_fact", "assert", "debug", "fail", "include_tasks", "import_tasks", "include_role",
                  "import_role", "meta", "add_host", "group_by", "pause", "include_vars", "set_stats",
                  "validate_argument_spec"))
-KEPT_RESULTS = ("cpr_save", "cpr_restore")
+KEPT_RESULTS = ("cpr_save", "cpr_restore", "qemu_update")
 
 
 class CallbackModule(CallbackBase):

@@ -213,6 +213,14 @@ def fresh_argv(argv: List[str]) -> List[str]:
 
 def restore_argv(argv: List[str], machine_type: str) -> List[str]:
     """The recorded argv with the machine type pinned, any -S and old -incoming removed, -incoming defer added."""
+    return pinned_argv(argv, machine_type) + ["-incoming", "defer"]
+
+
+def pinned_argv(argv: List[str], machine_type: str) -> List[str]:
+    """The recorded argv with any -S and old -incoming removed and the versioned machine type pinned at the end.
+
+    A newer QEMU binary maps an unversioned machine (q35) to its own newest version; the pin keeps the guest's ABI.
+    """
     old = fresh_argv(argv)
     pinned: List[str] = []
     index = 0
@@ -223,4 +231,4 @@ def restore_argv(argv: List[str], machine_type: str) -> List[str]:
         else:
             pinned.append(old[index])
             index += 1
-    return pinned + ["-machine", machine_type, "-incoming", "defer"]
+    return pinned + ["-machine", machine_type]

@@ -18,6 +18,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import Vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CommandFailedError, CprError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import MemoryBackend, QemuBackend, classify
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession, open_agent, open_qmp
+from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer_ready import TransferVerdict, transfer_verdict
 from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import binary_problem
 
 MIN_QEMU_CPR = (8, 2, 0)
@@ -72,7 +73,10 @@ class VmFacts(VmEndpoint):
     s3_blocked: bool = False
     # QEMU maps executable code deleted from disk since it started (an upgraded binary or library); None: unknown.
     runs_replaced_code: Optional[bool] = None
+    # -machine aux-ram-share (QEMU 10.0+): ROMs and video RAM shared too, as cpr-transfer needs; None: unknown.
+    aux_ram_share: Optional[bool] = None
     cpr: Optional[CprVerdict] = None
+    transfer: Optional[TransferVerdict] = None
     error: Optional[str] = None
 
     @property
@@ -279,8 +283,7 @@ async def gather(endpoint: VmEndpoint, options: FactsOptions) -> VmFacts:
     """
     facts = VmFacts(**{f.name: getattr(endpoint, f.name) for f in fields(VmEndpoint)})
     if endpoint.qmp_socket is None or endpoint.managed_by != "none":
-        facts.cpr = verdict(facts, options.reboot, options.ignore_shared)
-        return facts
+        return _judged(facts, options)
     try:
         async with open_qmp(endpoint.qmp_socket, vm=endpoint.name, timeout=options.timeout) as session:
             _check_peer(facts, session.pid)
@@ -294,13 +297,20 @@ async def gather(endpoint: VmEndpoint, options: FactsOptions) -> VmFacts:
             facts.s3_blocked = await s3_blocked(session)
             facts.migration = await _migration(session)
             facts.runs_replaced_code = runs_replaced_code(facts.pid)
+            facts.aux_ram_share = await _optional(session, "qom-get", {"path": "/machine", "property": "aux-ram-share"})
     except CprError as exc:
         facts.error = str(exc)
     if options.check_agent and not facts.error:
         facts.agent = await _agent(endpoint, facts.runstate, options.timeout)
     else:
         facts.agent = AgentFacts(socket=endpoint.qga_socket)
+    return _judged(facts, options)
+
+
+def _judged(facts: VmFacts, options: FactsOptions) -> VmFacts:
+    """The facts with both verdicts: a cpr-reboot save for the planned reboot, and a cpr-transfer."""
     facts.cpr = verdict(facts, options.reboot, options.ignore_shared)
+    facts.transfer = transfer_verdict(facts)
     return facts
 
 

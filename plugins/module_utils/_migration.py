@@ -85,6 +85,15 @@ async def current(session: QmpSession, settings: Settings) -> Settings:
             {name: params[name] for name in parameters if name in params})
 
 
+async def migration_info(session: QmpSession, what: str, timeout: Optional[float] = None) -> Dict[str, Any]:
+    """query-migrate; a failed or cancelled migration raises, with QEMU's reason."""
+    info = await session.execute("query-migrate", timeout=timeout)
+    status = info.get("status", "none")
+    if status in ("failed", "cancelled"):
+        raise CommandFailedError(f"{what} {status}: {info.get('error-desc', 'QEMU gave no reason')}", session.vm)
+    return info
+
+
 async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict[str, Any]:
     """Wait until the migration ends; a failure carries QEMU's reason."""
     deadline = time.monotonic() + timeout
@@ -93,10 +102,8 @@ async def wait_migration(session: QmpSession, timeout: float, what: str) -> Dict
     async def ended() -> Optional[Dict[str, Any]]:
         # QEMU's monitor does not answer while a mapped-ram load or the end of a save holds its main loop
         # (seconds for a few GiB): the whole timeout is the bound, not the session's per-command one.
-        info = await session.execute("query-migrate", timeout=max(deadline - time.monotonic(), 1.0))
+        info = await migration_info(session, what, max(deadline - time.monotonic(), 1.0))
         last[0] = info.get("status", "none")
-        if last[0] in ("failed", "cancelled"):
-            raise CommandFailedError(f"{what} {last[0]}: {info.get('error-desc', 'QEMU gave no reason')}", session.vm)
         return info if last[0] == "completed" else None
 
     return await poll(ended, timeout, lambda: NotAnsweringError(

@@ -8,7 +8,8 @@
 
 For a VM named NAME it holds ``NAME.saving`` (a save in progress), ``NAME.json``
 (its manifest: saved, not yet restored), ``NAME.state`` (its state file),
-``NAME.restoring`` (the QEMU a restore started for it), ``NAME.stopped`` (shut
+``NAME.restoring`` (the QEMU a restore started for it), ``NAME.transfer`` (a
+cpr-transfer in progress: the old QEMU and the new one), ``NAME.stopped`` (shut
 down, to be started again), ``NAME.log`` (the output of a QEMU we started) and,
 kept by ``keep_state``, ``NAME.json.restored`` and ``NAME.state.restored``; for
 the host ``.hypervisor-cpr.lock`` (the flock a module holds while it works) and
@@ -46,6 +47,8 @@ STOPPED_SUFFIX = ".stopped"
 # A libvirt domain saved by libvirt_save (its image is libvirt's; _libvirt_state reads and writes the record).
 LIBVIRT_SUFFIX = ".libvirt"
 LOG_SUFFIX = ".log"
+# A cpr-transfer in progress: the old QEMU and the new one it started (qemu_update), removed once it is over.
+TRANSFER_SUFFIX = ".transfer"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
 
@@ -178,6 +181,24 @@ class StateDir(Directory):
 
     def write_restoring(self, name: str, process: Dict[str, Any]) -> None:
         self.write_json(name + RESTORING_SUFFIX, dict(process, name=name))
+
+    # ----------------------------------------------------------------------- transfers in progress
+
+    def transfer_path(self, name: str) -> str:
+        return self._file(name, TRANSFER_SUFFIX)
+
+    def read_transfer(self, name: str) -> Optional[Dict[str, Any]]:
+        """The old and the new QEMU of a transfer an earlier call did not finish, or None."""
+        if not self.has(name + TRANSFER_SUFFIX):
+            return None
+        return self._read_record(name, TRANSFER_SUFFIX, "remove it once no transfer of the VM runs", "record {path}")
+
+    def write_transfer(self, name: str, record: Dict[str, Any]) -> None:
+        check_name(name)
+        self.write_json(name + TRANSFER_SUFFIX, dict(record, name=name))
+
+    def remove_transfer(self, name: str) -> None:
+        self.unlink(name + TRANSFER_SUFFIX)
 
     # ----------------------------------------------------------------------- shut-down VMs
 

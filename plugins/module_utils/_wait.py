@@ -25,11 +25,12 @@ T = TypeVar("T")
 
 
 async def poll(check: Callable[[], Awaitable[Optional[T]]], timeout: float,
-               expired: Callable[[], BaseException]) -> T:
+               expired: Callable[[], BaseException], every: float = POLL_SECONDS) -> T:
     """Call check until it returns something other than None, and return that.
 
     After timeout seconds the exception expired() builds is raised: it says what did not happen, for which VM.
-    check may raise to end the wait early (QEMU died, the guest refused).
+    check may raise to end the wait early (QEMU died, the guest refused). every: the longest pause between checks
+    (a wait inside a pause of milliseconds checks more often).
     """
     deadline = time.monotonic() + timeout
     delay = FIRST_POLL_SECONDS
@@ -40,7 +41,7 @@ async def poll(check: Callable[[], Awaitable[Optional[T]]], timeout: float,
         if time.monotonic() > deadline:
             raise expired()
         await asyncio.sleep(delay)
-        delay = min(delay * 2, POLL_SECONDS)
+        delay = min(delay * 2, every)
 
 
 def check_timeout(value: float, option: str = "timeout") -> None:

@@ -17,7 +17,8 @@ description:
   - Tells for every memory backend whether a new QEMU can map it again and whether it survives a reboot
     (DAX/pmem or a disk file do; tmpfs, ramfs, hugetlbfs and anonymous memory do not).
   - Asks the guest agent of every running VM that has one whether it answers.
-  - Gives a verdict for a cpr-reboot checkpoint with every reason a VM is not ready, for the planned O(reboot).
+  - Gives a verdict for a cpr-reboot checkpoint with every reason a VM is not ready, for the planned O(reboot), and one
+    for a cpr-transfer to a new QEMU (RV(vms[].transfer)), with every reason a VM cannot be transferred.
   - Reads only; it never changes a VM.
 author:
   - hypervisor.cpr maintainers (@hypervisor-cpr)
@@ -286,6 +287,30 @@ vms:
           type: int
         reasons:
           description: Every reason it is not ready, each saying what to do.
+          type: list
+          elements: str
+    aux_ram_share:
+      description:
+        - Whether its QEMU runs with C(-machine aux-ram-share=on) (its ROMs and video RAM in shared memory, as
+          cpr-transfer needs); V(null) when QEMU does not know the property (before 10.0) or was not asked.
+      type: bool
+    transfer:
+      description:
+        - The verdict for a cpr-transfer to a new QEMU (M(hypervisor.cpr.qemu_update)), for a QEMU-only update without
+          a reboot.
+        - A VM is transferred when its QEMU is 10.0 or newer, it runs, every memory backend is shared (C(share=on),
+          for example C(memory-backend-memfd)), it was started with C(-machine aux-ram-share=on), QEMU reports no
+          migration blocker, no conflicting capability is on, it neither daemonizes nor writes a C(-pidfile), its
+          VFIO devices (if any) have QEMU 10.1 or newer, and it does not run in an operator's systemd service.
+        - QEMU reports the blockers of cpr-transfer mode only in that mode, which this read-only module does not set;
+          M(hypervisor.cpr.qemu_update) asks again in that mode before it starts anything.
+      type: dict
+      contains:
+        ready:
+          description: Whether the VM can be transferred now.
+          type: bool
+        reasons:
+          description: Every reason it cannot, each saying what it takes.
           type: list
           elements: str
     runs_replaced_code:

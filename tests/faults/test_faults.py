@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -33,7 +34,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._power import start
 from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
 from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
+from ansible_collections.hypervisor.cpr.plugins.module_utils._socket import socket_owners
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import LOCK_NAME, StateDir
+from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer_ready import Channels
+from ansible_collections.hypervisor.cpr.plugins.module_utils._update import UpdateOptions, update
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
 
@@ -510,3 +514,162 @@ def test_bad_input_is_refused_before_touching(vm_dir, campaign, tmp_path):
     assert vms[0].runstate() == "running"
     assert not os.path.exists(state_dir) or saved_files(state_dir) == []
     campaign("bad input", "before anything", f"refused: {', '.join(cases)}", *lost(vms, state_dir), True)
+
+
+# --------------------------------------------------------------------------- 13. QEMU-only updates (cpr-transfer)
+# One VM ready for cpr-transfer, shared by these rows: it runs a copy of QEMU's binary (so a row can break the binary
+# at its path, as a bad package would) and has a read-only drive (so a row can take a device file away). Each row
+# leaves it running again, in whichever QEMU ended up with it.
+
+
+@pytest.fixture
+def transfer_vm(vm_pool):
+    binary = os.path.join(vm_pool.workdir, "bin", "qemu-system-x86_64")
+    if not os.path.exists(binary):
+        os.makedirs(os.path.dirname(binary), mode=0o755)
+        shutil.copy2(shutil.which("qemu-system-x86_64"), binary)
+        with open(os.path.join(vm_pool.workdir, "extra.img"), "wb") as handle:
+            handle.truncate(1 << 20)
+    drive = os.path.join(vm_pool.workdir, "extra.img")
+    vm = vm_pool.get("xfault", ram="memfd", transfer=True, binary=binary, timeout=300,
+                     extra_args=("-drive", f"file={drive},if=none,id=extra0,format=raw,readonly=on"))
+    return vm, os.path.join(vm_pool.workdir, "state"), binary
+
+
+def _update(name, state_dir, timeout=30):
+    return update(Selection(names=[name]), state_dir, UpdateOptions(method="transfer", timeout=timeout))
+
+
+def _transferred(vm, state_dir, snapshot):
+    """A re-run transfers the VM; its guest RAM is the same; no record, manifest or socket is left."""
+    [result] = _update(vm.name, state_dir)["vms"]
+    assert result["method"] == "transfer" and vm.refresh_pid() == result["pid_after"]
+    assert [f for f in os.listdir(state_dir) if not f.endswith(".log") and not f.startswith(".")] == []
+    assert not [path for path in Channels.for_vm(vm.name).paths if os.path.exists(path)]
+    return finished([vm], snapshot)
+
+
+def _in_old_qemu(vm, pid, state_dir):
+    """The VM runs in its old QEMU as it was; the new one is gone, with its record and sockets."""
+    assert vm.refresh_pid() == pid and vm.runstate() == "running"
+    assert not os.path.exists(os.path.join(state_dir, f"{vm.name}.transfer"))
+    assert not [path for path in Channels.for_vm(vm.name).paths if os.path.exists(path)]
+    assert testbed.qemu_pids(vm.qmp_socket) == [pid]
+
+
+def test_transfer_new_qemu_fails_to_start(transfer_vm, campaign):
+    vm, state_dir, binary = transfer_vm
+    snapshot = testbed.memory_snapshot([vm])
+    pid = vm.refresh_pid()
+    drive = os.path.join(os.path.dirname(os.path.dirname(binary)), "extra.img")
+    # A device file gone: the new QEMU takes the descriptors on the cpr channel, then fails to open the file and
+    # exits; the old one sees its main channel refused and goes on running the guest.
+    os.rename(drive, drive + ".away")
+    try:
+        # Seen first either as the new QEMU gone or as the old one's migration failed: the new one's words either way.
+        with pytest.raises(CprError, match=r"VM xfault: .*; the new QEMU had exited with status 1: "
+                                           r".*Could not open '.*extra\.img': No such file or directory") as failure:
+            _update(vm.name, state_dir)
+    finally:
+        os.rename(drive + ".away", drive)
+    # It had bound the VM's QMP and agent socket paths before it failed: the old QEMU's are back there.
+    assert f"old QEMU's sockets were put back at {vm.qmp_socket}, {vm.qga_socket}" in str(failure.value)
+    _in_old_qemu(vm, pid, state_dir)
+    missing = lost([vm], state_dir)
+    # A broken binary at the old one's path (a bad package, put in place as dpkg does: renamed over the old file).
+    shutil.copy2(binary, binary + ".good")
+    with open(binary + ".new", "w", encoding="utf-8") as handle:
+        handle.write("#!/bin/sh\necho 'qemu-system-x86_64: error while loading shared libraries' >&2\nexit 127\n")
+    os.chmod(binary + ".new", 0o755)
+    os.replace(binary + ".new", binary)
+    try:
+        with pytest.raises(CprError, match=r"the new QEMU exited with status 127 before it listened: .*shared libraries"):
+            _update(vm.name, state_dir)
+    finally:
+        os.replace(binary + ".good", binary)
+    _in_old_qemu(vm, pid, state_dir)
+    broken = lost([vm], state_dir)
+    campaign("new QEMU fails to start", "QEMU update by transfer (missing device, broken binary)",
+             "QEMU's own words; new process gone, the sockets it took put back; VM untouched in its old QEMU",
+             missing[0] + broken[0], missing[1] + broken[1], _transferred(vm, state_dir, snapshot))
+
+
+def test_transfer_new_qemu_dies_during_the_transfer(transfer_vm, campaign):
+    vm, state_dir, _binary = transfer_vm
+    snapshot = testbed.memory_snapshot([vm])
+    pid = vm.refresh_pid()
+    cpr_socket = Channels.for_vm(vm.name).cpr
+
+    def kill_new_qemu():
+        # Held as soon as it listens, so the old QEMU's migrate is under way when it dies.
+        deadline, new = time.monotonic() + 60, []
+        while not new and time.monotonic() < deadline:
+            new = [owner for owner in socket_owners(cpr_socket) if owner != pid]
+            time.sleep(0.0005)
+        [new] = new
+        os.kill(new, signal.SIGSTOP)
+        time.sleep(2)
+        os.kill(new, signal.SIGKILL)
+
+    killer = in_background(kill_new_qemu)
+    with pytest.raises(CprError, match="VM xfault:"):
+        _update(vm.name, state_dir)
+    killer.join()
+    _in_old_qemu(vm, pid, state_dir)
+    campaign("new QEMU dies", "during the transfer (migrate issued)", "old QEMU resumed; the VM never left it",
+             *lost([vm], state_dir), _transferred(vm, state_dir, snapshot))
+
+
+def test_transfer_old_qemu_frozen(transfer_vm, campaign):
+    vm, state_dir, _binary = transfer_vm
+    snapshot = testbed.memory_snapshot([vm])
+    pid = vm.refresh_pid()
+
+    def freeze_old_qemu():
+        # The transfer starts: its new QEMU is there; the old one stops answering.
+        wait_for_path(Channels.for_vm(vm.name).cpr)
+        os.kill(pid, signal.SIGSTOP)
+
+    freezer = in_background(freeze_old_qemu)
+    try:
+        with pytest.raises(CprError, match="VM xfault:") as failure:
+            _update(vm.name, state_dir)
+        freezer.join()
+        message = str(failure.value)
+        assert "could not be resumed" in message
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Thawed, the old QEMU still holds the guest. Frozen before its migrate, it ran on and the migrate it had queued
+    # finds no listener; frozen during it, the migration ends one way or the other and the guest may be paused: the
+    # operator runs cont, as the error says.
+    assert "run cont on it if query-status says paused or postmigrate" in message
+    wait_until(lambda: vm.qmp("query-migrate").get("status") in (None, "failed", "cancelled", "completed"), 60)
+    if vm.runstate() != "running":
+        vm.qmp("cont")
+    _in_old_qemu(vm, pid, state_dir)
+    campaign("old QEMU frozen (SIGSTOP)", "when the transfer starts (new QEMU listening)",
+             "timed out, new QEMU ended; VM in the old QEMU once thawed (cont if it had paused)", *lost([vm], state_dir),
+             _transferred(vm, state_dir, snapshot))
+
+
+def test_transfer_cpr_socket_path_taken(transfer_vm, campaign):
+    vm, state_dir, _binary = transfer_vm
+    snapshot = testbed.memory_snapshot([vm])
+    pid = vm.refresh_pid()
+    channels = Channels.for_vm(vm.name)
+    os.makedirs(channels.directory, mode=0o700, exist_ok=True)
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stranger.bind(channels.cpr)
+        stranger.listen()
+        with pytest.raises(CprError, match=rf"VM xfault: the cpr socket path {channels.cpr} of its transfer is taken: "
+                                           rf".*pid {os.getpid()}"):
+            _update(vm.name, state_dir)
+        assert vm.refresh_pid() == pid and vm.runstate() == "running"
+    finally:
+        stranger.close()
+    vms_lost, files_lost = lost([vm], state_dir)
+    # The stranger's socket file stays behind; nobody listens on it any more, so the re-run removes it.
+    assert os.path.exists(channels.cpr)
+    campaign("cpr socket path taken", "before the new QEMU starts", "refused naming the listener; nothing touched",
+             vms_lost, files_lost, _transferred(vm, state_dir, snapshot))

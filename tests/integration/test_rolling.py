@@ -448,7 +448,8 @@ def test_a_run_killed_in_the_middle_of_the_restores_is_finished_by_the_next(flee
     started, release = os.path.join(fleet.workdir, "r1b-starting"), os.path.join(fleet.workdir, "r1b-go")
     put_back = _slow_qemu(fleet, r1b, started, release)
     try:
-        run = fleet.start("--limit", "hv1", "-e", "kernel_update_force=true")
+        # cpr_save and cpr_restore as tasks of their own (the fault is injected into cpr_restore's call).
+        run = fleet.start("--limit", "hv1", "-e", "kernel_update_force=true", "-e", "kernel_update_qemu_update=separate")
         killed_run = fleet.run_id
         try:
             # cpr_restore runs: r1a is back (its manifest removed), r1b's new QEMU is still starting.

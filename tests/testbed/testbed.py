@@ -14,7 +14,7 @@ Library (stdlib and qemu.qmp only)::
 CLI::
 
     testbed.py up --workdir DIR [--count N] [--prefix vm] [--ram shared-file]
-                  [--machine q35] [--mem 256]
+                  [--machine q35] [--mem 256] [--transfer]
     testbed.py list --workdir DIR
     testbed.py down --workdir DIR
 """
@@ -211,10 +211,12 @@ def _serves(argv: Sequence[str], path: Path) -> bool:
 
 def find_qemu_pid(qmp_socket: Path) -> int | None:
     """The pid of the QEMU serving this QMP socket (pids change on restart)."""
-    for pid, argv in _qemu_processes():
-        if _serves(argv, Path(qmp_socket)):
-            return pid
-    return None
+    return next(iter(qemu_pids(qmp_socket)), None)
+
+
+def qemu_pids(qmp_socket: Path) -> list[int]:
+    """Every QEMU whose command line serves this QMP socket (during a cpr-transfer, the old and the new one)."""
+    return [pid for pid, argv in _qemu_processes() if _serves(argv, Path(qmp_socket))]
 
 
 def _alive(pid: int) -> bool:
@@ -427,15 +429,21 @@ def _workdir_tag(workdir: Path) -> str:
 
 def qemu_argv(name: str, workdir: Path, *, ram: str = "shared-file", machine: str = "q35",
               mem_mib: int = 256, extra_args: Sequence[str] = (),
-              guest: Path | None = None) -> list[str]:
-    """The full QEMU command line of a test VM (every path absolute)."""
+              guest: Path | None = None, transfer: bool = False, binary: str | None = None) -> list[str]:
+    """The full QEMU command line of a test VM (every path absolute).
+
+    binary: the QEMU binary to run (default: qemu-system-x86_64 from PATH), for tests that replace it on disk.
+
+    transfer: ready for cpr-transfer, -machine aux-ram-share=on (ROMs and video RAM in shared memory too); with
+    shared RAM (memfd, the usual choice, or a shared file).
+    """
     if not _NAME_RE.match(name):
         raise TestbedError(f"bad VM name {name!r}: use letters, digits, '_', '.', '-'")
     if machine not in MACHINES:
         raise TestbedError(f"machine {machine!r} is not one of {', '.join(MACHINES)}")
     workdir = Path(workdir).resolve()
     kernel, initrd, cmdline = guest_artifacts(guest)
-    qemu = shutil.which(QEMU)
+    qemu = binary or shutil.which(QEMU)
     if qemu is None:
         raise TestbedError(f"{QEMU} not found: run scripts/install-host-deps.sh")
     qmp, qga = workdir / f"{name}.qmp", workdir / f"{name}.qga"
@@ -452,13 +460,14 @@ def qemu_argv(name: str, workdir: Path, *, ram: str = "shared-file", machine: st
         backend = f"memory-backend-memfd,id=ram0,{size},share=on"
     elif ram.startswith("block:") and Path(ram[len("block:"):]).is_absolute():
         backend = f"memory-backend-file,id=ram0,{size},mem-path={ram[len('block:'):]},share=on"
-    elif ram == "private":
+    elif ram == "private" and not transfer:
         backend = ""
     else:
         raise TestbedError(f"ram {ram!r}: use one of shared-file, shm, memfd, private, block:/absolute/path")
 
     argv = [qemu, "-name", f"guest={name},debug-threads=on",
-            "-machine", f"{machine},memory-backend=ram0" if backend else machine,
+            "-machine", (f"{machine},memory-backend=ram0" if backend else machine)
+            + (",aux-ram-share=on" if transfer else ""),
             "-accel", "tcg",
             # RDRAND seeds the guest's RNG at once; else reading /dev/urandom
             # for the marker waits about 1 s for jitter entropy under TCG.
@@ -514,7 +523,8 @@ async def _wait_ready(vm: TestVM, deadline: float, wait_agent: bool) -> None:
 def boot_vms(workdir: Path, count: int = 1, *, names: Sequence[str] | None = None,
              ram: str = "shared-file", machine: str = "q35", mem_mib: int = 256,
              wait_agent: bool = True, extra_args: Sequence[str] = (),
-             timeout: float = 120.0, guest: Path | None = None) -> list[TestVM]:
+             timeout: float = 120.0, guest: Path | None = None, transfer: bool = False,
+             binary: str | None = None) -> list[TestVM]:
     """Boot VMs concurrently; return once each answers QMP (and its agent).
 
     names defaults to vm0..vm<count-1>. On failure every VM started here is
@@ -526,7 +536,7 @@ def boot_vms(workdir: Path, count: int = 1, *, names: Sequence[str] | None = Non
     if len(set(names)) != len(names):
         raise TestbedError(f"duplicate VM names: {names}")
     argvs = [qemu_argv(n, workdir, ram=ram, machine=machine, mem_mib=mem_mib,
-                       extra_args=extra_args, guest=guest) for n in names]
+                       extra_args=extra_args, guest=guest, transfer=transfer, binary=binary) for n in names]
     for name in names:
         if find_qemu_pid(workdir / f"{name}.qmp") is not None:
             raise TestbedError(f"{name}: a QEMU already serves {workdir / (name + '.qmp')}")
@@ -624,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--mem", type=int, default=256, help="guest RAM in MiB")
     up.add_argument("--timeout", type=float, default=120.0)
     up.add_argument("--no-agent", action="store_true", help="do not wait for the guest agent")
+    up.add_argument("--transfer", action="store_true",
+                    help="ready for cpr-transfer: -machine aux-ram-share=on (use with --ram memfd)")
     for name in ("up", "list", "down"):
         cmd = up if name == "up" else sub.add_parser(
             name, help="list VMs of testbed.json" if name == "list" else "kill all VMs of a workdir")
@@ -635,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_guest()
             vms = boot_vms(args.workdir, names=[f"{args.prefix}{i}" for i in range(args.count)],
                            ram=args.ram, machine=args.machine, mem_mib=args.mem,
-                           wait_agent=not args.no_agent, timeout=args.timeout)
+                           wait_agent=not args.no_agent, timeout=args.timeout, transfer=args.transfer)
             known = [vm for vm in _load(args.workdir)
                      if vm.name not in {v.name for v in vms} and vm.alive()]
             _state_file(args.workdir).write_text(

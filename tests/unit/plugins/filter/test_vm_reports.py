@@ -15,9 +15,22 @@ def restored(name, **facts):
     return entry
 
 
-REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run", "paused_at",
-               "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place", "restored_at_boot",
-               "boot_restore_seconds", "managed_by"]
+REPORT_KEYS = ["name", "method", "reason", "runstate_before", "runstate", "suspended_by_us", "saved_by_earlier_run",
+               "paused_at", "downtime_seconds", "save_seconds", "restore_seconds", "state_bytes", "ram_in_place",
+               "restored_at_boot", "boot_restore_seconds", "managed_by", "qemu_version_before", "qemu_version_after",
+               "binary_before", "binary_after", "pid_before", "pid_after"]
+
+
+
+def updated(name, method="transfer", **facts):
+    """A qemu_update vms entry, as the module returns it."""
+    entry = {"name": name, "method": method, "changed": True, "reason": None, "runstate": "running",
+             "pid_before": 10, "pid_after": 20, "qemu_version_before": "10.0.2", "qemu_version_after": "10.0.3",
+             "binary_before": "/usr/bin/qemu-system-x86_64", "binary_after": "/usr/bin/qemu-system-x86_64",
+             "unit_after": None, "paused_at": 1000.0, "back_at": 1000.05, "downtime_seconds": 0.05,
+             "qemu_downtime_ms": 4, "update_seconds": 0.6}
+    entry.update(facts)
+    return entry
 
 
 @pytest.mark.parametrize("results, earlier, expected", [
@@ -25,7 +38,7 @@ REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_
     ([], [], []),
     # One VM this run saved: every key the README documents, nothing else (no pid, back_at...).
     ([restored("web1")], [], [{
-        "name": "web1", "runstate_before": "running", "runstate": "running", "suspended_by_us": False,
+        "name": "web1", "method": "save-restore", "reason": None, "runstate_before": "running", "runstate": "running", "suspended_by_us": False,
         "saved_by_earlier_run": False, "paused_at": 1000.0, "downtime_seconds": 2.0, "save_seconds": 0.4,
         "restore_seconds": 1.5, "state_bytes": 339774, "ram_in_place": True, "restored_at_boot": False,
         "boot_restore_seconds": None, "managed_by": "none"}]),
@@ -43,6 +56,11 @@ REPORT_KEYS = ["name", "runstate_before", "runstate", "suspended_by_us", "saved_
     # The role's restore and its rescue's both name web1: the first entry wins, the order is kept.
     ([restored("web1", restore_seconds=1.0), restored("web2"), restored("web1", restore_seconds=9.0)], [], [
         {"name": "web1", "restore_seconds": 1.0}, {"name": "web2", "restore_seconds": 1.5}]),
+    # qemu_update's entries: the way each went, QEMU and binary before and after; no save facts.
+    ([updated("web1"), updated("db1", "relaunch", reason="its runstate is paused")], [], [
+        {"name": "web1", "method": "transfer", "reason": None, "qemu_version_before": "10.0.2",
+         "qemu_version_after": "10.0.3", "pid_after": 20, "state_bytes": None},
+        {"name": "db1", "method": "relaunch", "reason": "its runstate is paused"}]),
     # An entry without the save facts (an older engine): they are null, not an error.
     ([{"name": "old", "runstate": "paused", "restore_seconds": 0.5, "downtime_seconds": 3.0}], [], [
         {"name": "old", "runstate_before": None, "runstate": "paused", "suspended_by_us": None, "paused_at": None}]),
