@@ -113,7 +113,9 @@ class SaveRound:
     every one saved.
     """
 
-    def __init__(self, names: List[str], all_or_nothing: bool) -> None:
+    def __init__(self, names: List[str], all_or_nothing: bool, run_id: Optional[str] = None) -> None:
+        # The run the VMs are saved for, recorded in each manifest.
+        self.run_id = run_id
         self._names = set(names)
         self._all_or_nothing = all_or_nothing
         self._ready: set = set()
@@ -142,9 +144,10 @@ class SaveRound:
         return all(self._outcomes.values()) or not self._all_or_nothing
 
 
-async def save_round(facts: List[VmFacts], state_dir: StateDir, options: SaveOptions) -> List[Any]:
-    """Save every VM at once; their results, or the exception each failed with."""
-    vm_round = SaveRound([f.name for f in facts], options.all_or_nothing)
+async def save_round(facts: List[VmFacts], state_dir: StateDir, options: SaveOptions,
+                     run_id: Optional[str] = None) -> List[Any]:
+    """Save every VM at once for a run (run_id); their results, or the exception each failed with."""
+    vm_round = SaveRound([f.name for f in facts], options.all_or_nothing, run_id)
     holds = [Hold(str(f.unit), f.name, state_dir.manifest_path(f.name)) for f in facts
              if options.hold_units and holdable(f.unit) and systemd_runs_host()]
     # Held before any VM stops: a service with Restart=always starts its QEMU again the moment the save quits it.
@@ -238,6 +241,7 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
         paused_at=paused_at, boot_id=boot_id(), kernel=platform.release(),
         qemu_process=process_identity(session.pid or facts.pid or 0),
         credentials=command.credentials.to_dict() if command.credentials else {}, held_unit=checkpoint.held_unit,
+        run_id=vm_round.run_id,
     )
     # Written before the VM stops (a thread, so that the VMs' fsyncs overlap); it gets the real paused_at later.
     await asyncio.to_thread(state_dir.write_manifest, manifest, True)

@@ -184,14 +184,17 @@ class Directory:
                 return None, str(exc)
 
     def write_json(self, entry: str, data: Dict[str, Any]) -> None:
-        """Write JSON (0600): temp file created exclusively, fsync, rename over the entry, fsync the directory."""
+        """Write JSON (0600), atomically (write_file)."""
+        self.write_file(entry, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    def write_file(self, entry: str, content: bytes, mode: int = 0o600) -> None:
+        """Write a file: temp file created exclusively with its mode, fsync, rename over the entry, fsync the directory."""
         tmp = f".{entry}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=self.fd)
         try:
-            with os.fdopen(self.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2, sort_keys=True)
-                out.write("\n")
+            with os.fdopen(self.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
+                out.write(content)
                 out.flush()
                 os.fsync(out.fileno())
             self.rename(tmp, entry)

@@ -28,6 +28,12 @@ def boot_id() -> str:
         return handle.read().strip()
 
 
+def kernel_started_at() -> float:
+    """When the running kernel started, in seconds since the epoch (from /proc/uptime)."""
+    with open("/proc/uptime", encoding="utf-8") as handle:
+        return time.time() - float(handle.read().split()[0])
+
+
 def process_start(pid: int) -> Optional[int]:
     """When a process started, in clock ticks since boot (/proc/<pid>/stat field 22); None when it is gone."""
     try:

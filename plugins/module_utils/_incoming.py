@@ -98,7 +98,10 @@ async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher
             await wait_runstate(session, manifest.runstate_before, timeout, "the restore")
         if manifest.suspended_by_us:
             await wake_guest(session, timeout)
-    return pid, time.time()
+    back_at = time.time()
+    # From here the guest runs and writes its disks (and RAM kept in place): the saved state is history.
+    state_dir.write_restoring(name, dict(state_dir.read_restoring(name) or {}, back_at=back_at))
+    return pid, back_at
 
 
 async def settle(manifest: Manifest, timeout: float) -> None:
@@ -125,6 +128,25 @@ def started_by_restore(state_dir: StateDir, name: str, endpoint: VmEndpoint) -> 
     if record.get("pid") == endpoint.pid and is_running(record):
         return True
     return bool(record.get("unit")) and record.get("boot_id") == boot_id() and unit_of(endpoint.pid) == record["unit"]
+
+
+def check_not_back_before(state_dir: StateDir, manifest: Manifest) -> None:
+    """Refuse to restore a VM a restore already brought back, whose QEMU has ended since: it ran after the save.
+
+    Its disks, and RAM kept in place, moved on while it ran; its saved state would take the guest back in time
+    under them. The boot restore leaves the manifests for cpr_restore, so a second reboot before cpr_restore ran
+    finds them so.
+    """
+    record = state_dir.read_restoring(manifest.name)
+    if not record or not record.get("back_at") or is_running(record):
+        return
+    by = "the boot restore" if record.get("at_boot") else "a restore"
+    raise CprError(
+        f"{by} brought it back at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record['back_at']))} "
+        f"(QEMU pid {record.get('pid', 'unknown')}, boot {record.get('boot_id', 'unknown')}), and that QEMU has ended "
+        "since (a reboot, a crash, or a shutdown) before cpr_restore finished", manifest.name,
+        hint="the guest ran after the restore, so its saved state is older than its disks: it is not restored again. "
+        "Start the VM afresh its usual way, then remove its manifest and state file")
 
 
 def not_ours(manifest: Manifest, endpoint: VmEndpoint) -> CprError:

@@ -72,6 +72,8 @@ class Manifest:
     credentials: Dict[str, Any] = field(default_factory=dict)
     # The systemd unit kept from starting it cold while it is saved; the restore releases it.
     held_unit: Optional[str] = None
+    # The run that saved it (run_lock's run id): the boot restore brings back only its own run's VMs.
+    run_id: Optional[str] = None
     format: int = FORMAT_VERSION
     extra: Dict[str, Any] = field(default_factory=dict)
 

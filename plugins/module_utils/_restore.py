@@ -21,12 +21,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._boot_entry import boot_result
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, ManifestError, raise_failures
 from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runstate, wake_guest
+from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id, kernel_started_at
 from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import (
     Launcher,
     bring_back,
+    check_not_back_before,
     is_saved_qemu,
     not_ours,
     settle,
@@ -67,6 +70,9 @@ class RestoreResult:
     ram_in_place: bool
     # When the VM was back in its old runstate (seconds since the epoch).
     back_at: float
+    # Brought back by the boot restore, before this call, and how long that took it.
+    restored_at_boot: bool = False
+    boot_restore_seconds: Optional[float] = None
 
 
 def restore(state_dir_path: str, names: Optional[List[str]] = None, options: RestoreOptions = RestoreOptions(),
@@ -81,7 +87,8 @@ def restore(state_dir_path: str, names: Optional[List[str]] = None, options: Res
                     if manifest.name not in running:
                         state_dir.verify_state(manifest)
             return {"changed": bool(manifests), "vms": [], "would_restore": [m.name for m in manifests]}
-        with state_dir.lock():
+        # The boot restore may still be at work when Ansible is back: wait for it as long as for a restore.
+        with state_dir.lock(wait=options.timeout):
             check_run(state_dir, run_id)
             manifests, running = _select(state_dir, names)
 
@@ -90,12 +97,36 @@ def restore(state_dir_path: str, names: Optional[List[str]] = None, options: Res
                                                    for m in manifests), return_exceptions=True))
 
             results = asyncio.run(restore_all()) if manifests else []
+            at_boot = boot_result(state_dir_path)
     planned = [m.name for m in manifests]
     done = [asdict(r) for r in results if isinstance(r, RestoreResult)]
-    detail = {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": planned}
+    detail = {"changed": any(r["changed"] for r in done), "vms": done, "would_restore": planned,
+              "boot_restore": at_boot, "host_blackout": host_blackout(manifests, done, at_boot)}
     raise_failures(planned, results, detail, "Restored",
                    "the state files and manifests of the failed VMs are kept: fix the cause and run again")
     return detail
+
+
+def host_blackout(manifests: List[Manifest], done: List[Dict[str, Any]],
+                  at_boot: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The host's blackout across its reboot: from the reboot (or the new kernel's start) to the last VM back.
+
+    None when no VM restored was saved before this boot. The reboot starts when the reboot command touched the boot
+    entry's mark; without one (no boot entry, a firmware reboot), at the new kernel's start, which leaves out the
+    firmware and the old kernel's shutdown. to_userspace_seconds is the part until the boot restore started: the
+    old kernel's shutdown and the new one's boot.
+    """
+    rebooted = {m.name for m in manifests if m.boot_id != boot_id()}
+    back = [r["back_at"] for r in done if r["name"] in rebooted]
+    if not back:
+        return None
+    kernel_at = (at_boot or {}).get("kernel_started_at") or kernel_started_at()
+    reboot_at = (at_boot or {}).get("reboot_at")
+    start = reboot_at or kernel_at
+    userspace_at = (at_boot or {}).get("started_at")
+    return {"from": "reboot command" if reboot_at else "kernel start", "started_at": start,
+            "kernel_started_at": kernel_at, "userspace_at": userspace_at, "last_back_at": max(back),
+            "seconds": max(back) - start, "to_userspace_seconds": userspace_at - start if userspace_at else None}
 
 
 def _select(state_dir: StateDir, names: Optional[List[str]]) -> Tuple[List[Manifest], Dict[str, VmEndpoint]]:
@@ -105,9 +136,13 @@ def _select(state_dir: StateDir, names: Optional[List[str]]) -> Tuple[List[Manif
         hint="check the names and state_dir"))
 
 
-async def _restore_one(manifest: Manifest, state_dir: StateDir, options: RestoreOptions,
-                       existing: Optional[VmEndpoint]) -> RestoreResult:
-    started = time.monotonic()
+async def back_in_runstate(manifest: Manifest, state_dir: StateDir, options: RestoreOptions,
+                           existing: Optional[VmEndpoint]) -> Tuple[Optional[int], Optional[float]]:
+    """Bring a saved VM back in a new QEMU, or find it back: (pid, back at).
+
+    existing: the QEMU of the VM's name that runs now, if one does: only one a restore started is taken for it
+    (waiting for the state: it is loaded; else back at is None, an earlier restore brought it back).
+    """
     waiting = False
     if existing is not None:
         if is_saved_qemu(manifest, existing):
@@ -118,13 +153,20 @@ async def _restore_one(manifest: Manifest, state_dir: StateDir, options: Restore
         async with open_qmp(existing.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
             state = await runstate(session)
         if state != "inmigrate":
-            # An earlier run restored it and stopped before cleaning up.
-            return await _finish(manifest, state_dir, options, started, existing.pid)
+            return existing.pid, None
         waiting = True
+    else:
+        check_not_back_before(state_dir, manifest)
     if options.verify_checksum:
         # In a thread: the VMs' state files are checked at the same time.
         await asyncio.to_thread(state_dir.verify_state, manifest)
-    pid, back_at = await bring_back(manifest, state_dir, options.launcher, options.timeout, waiting)
+    return await bring_back(manifest, state_dir, options.launcher, options.timeout, waiting)
+
+
+async def _restore_one(manifest: Manifest, state_dir: StateDir, options: RestoreOptions,
+                       existing: Optional[VmEndpoint]) -> RestoreResult:
+    started = time.monotonic()
+    pid, back_at = await back_in_runstate(manifest, state_dir, options, existing)
     return await _finish(manifest, state_dir, options, started, pid, back_at)
 
 
@@ -132,15 +174,18 @@ async def _finish(manifest: Manifest, state_dir: StateDir, options: RestoreOptio
                   pid: Optional[int], back_at: Optional[float] = None) -> RestoreResult:
     """Check the VM is back in its old runstate, wait for its guest agent, then remove (or keep) its files.
 
-    back_at None: an earlier run brought it back and stopped before cleaning up; its downtime ends when this
-    call finds it back. The wait for the guest agent is not part of the downtime.
+    back_at None: an earlier restore (the boot restore, or a run that stopped before cleaning up) brought it back;
+    its downtime ends when that restore recorded it back, or else when this call finds it back. The wait for the
+    guest agent is not part of the downtime.
     """
-    changed = back_at is not None
+    record = state_dir.read_restoring(manifest.name) or {}
+    if back_at is None:
+        back_at = record.get("back_at")
     async with open_qmp(manifest.qmp_socket, vm=manifest.name, timeout=CONNECT_TIMEOUT) as session:
         state = await runstate(session)
         if state == "suspended" and manifest.suspended_by_us:
             await wake_guest(session, options.timeout)
-            state, changed, back_at = "running", True, time.time()
+            state, back_at = "running", time.time()
     if state != manifest.runstate_after:
         raise CprError(f"after the restore the VM is {state}, not {manifest.runstate_after} as before the save",
                        manifest.name, hint="the state file and manifest are kept; inspect the VM")
@@ -150,6 +195,8 @@ async def _finish(manifest: Manifest, state_dir: StateDir, options: RestoreOptio
         await asyncio.to_thread(release, [manifest.held_unit])
     await settle(manifest, options.timeout)
     await asyncio.to_thread(state_dir.keep_restored if options.keep_state else state_dir.remove_saved, manifest.name)
-    return RestoreResult(manifest.name, changed, pid, state, time.monotonic() - started, back_at - manifest.paused_at,
+    # Its files are removed (or kept as restored) either way: the state directory changed.
+    return RestoreResult(manifest.name, True, pid, state, time.monotonic() - started, back_at - manifest.paused_at,
                          options.keep_state, manifest.runstate_before, manifest.suspended_by_us, manifest.paused_at,
-                         manifest.save_seconds, manifest.state_bytes, manifest.ram_in_place, back_at)
+                         manifest.save_seconds, manifest.state_bytes, manifest.ram_in_place, back_at,
+                         bool(record.get("at_boot")), record.get("boot_restore_seconds"))

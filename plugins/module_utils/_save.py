@@ -96,7 +96,7 @@ def save(selection: Selection, state_dir_path: str, options: SaveOptions = SaveO
             for facts in plan.stale:
                 state_dir.remove_saved(facts.name)
             if plan.to_save:
-                done += asyncio.run(save_round(plan.to_save, state_dir, options))
+                done += asyncio.run(save_round(plan.to_save, state_dir, options, run_id))
     warnings = [f"VM {f.name}: {launcher}" for f in plan.to_save
                 if options.reboot != "none" and (launcher := unheld_launcher(f.pid))]
     return {"changed": any(r.changed for r in done), "vms": [asdict(r) for r in done], "would_save": plan.would_save,

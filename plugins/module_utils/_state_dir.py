@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
@@ -42,6 +43,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import (
 )
 
 LOCK_NAME = ".hypervisor-cpr.lock"
+LOCK_POLL_SECONDS = 0.1
 RUN_LOCK_NAME = ".hypervisor-cpr.run"
 MANIFEST_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
@@ -286,19 +288,19 @@ class StateDir(Directory):
     # ----------------------------------------------------------------------- locks
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the directory's flock, so two modules never work on one host at once; released when we exit."""
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the directory's flock, so two modules never work on one host at once; released when we exit.
+
+        wait: how many seconds to wait for another holder to finish (the boot restore, for cpr_restore) before
+        giving up.
+        """
         descriptor = self.open_file(LOCK_NAME, os.O_RDWR | os.O_CREAT)
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+            if not _flock_within(descriptor, wait):
                 holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
                 raise LockedError(f"another hypervisor.cpr run (pid {holder}) holds the lock "
                                   f"{os.path.join(self.path, LOCK_NAME)}",
-                                  hint="wait for it to finish; the lock is released when that process exits") from None
+                                  hint="wait for it to finish; the lock is released when that process exits")
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, str(os.getpid()).encode(), 0)
             yield
@@ -327,3 +329,18 @@ class StateDir(Directory):
         if error is not None:
             raise ManifestError(f"{what.format(path=path)} cannot be read: {error}", name, hint=hint)
         return data  # type: ignore[return-value]
+
+
+def _flock_within(descriptor: int, wait: float) -> bool:
+    """Take the flock, waiting up to wait seconds for its holder; whether we got it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(LOCK_POLL_SECONDS)

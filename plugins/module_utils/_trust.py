@@ -52,21 +52,30 @@ def credentials_of(pid: int, proc: str = "/proc") -> Optional[Credentials]:
         return None
 
 
-def binary_problem(exe: Optional[str]) -> Optional[str]:
-    """Why we would not run this binary as root: None when it and every directory above it are root's alone."""
+def binary_problem(exe: Optional[str], what: str = "its QEMU binary", follow: bool = False) -> Optional[str]:
+    """Why we would not run this binary as root: None when it and every directory above it are root's alone.
+
+    follow: the binary may be a symlink (a virtual environment's python) in such a directory, to such a binary.
+    """
     if not exe or not os.path.isabs(exe):
-        return "its QEMU binary cannot be read from /proc, so it could not be started again"
-    path = exe
+        return f"{what} cannot be read from /proc, so it could not be started again"
+    if follow and os.path.islink(exe):
+        return _root_only(os.path.dirname(exe), exe, what) or binary_problem(os.path.realpath(exe), what)
+    return _root_only(exe, exe, what)
+
+
+def _root_only(path: str, exe: str, what: str) -> Optional[str]:
+    """Why path (exe, or a directory on the way to it) could have been changed by a user who is not root."""
     while True:
         try:
             st = os.lstat(path)
         except OSError as exc:
-            return f"its QEMU binary {exe} cannot be checked ({path}: {exc.strerror}), so it is not started again"
+            return f"{what} {exe} cannot be checked ({path}: {exc.strerror}), so it is not started"
         if stat.S_ISLNK(st.st_mode) and path == exe:
-            return f"its QEMU binary {exe} is a symlink"
+            return f"{what} {exe} is a symlink"
         sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
         if st.st_uid != 0 or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir):
-            return (f"its QEMU binary {exe} could have been planted by another user: {path} is owned by uid "
+            return (f"{what} {exe} could have been planted by another user: {path} is owned by uid "
                     f"{st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}, and hypervisor.cpr starts only what "
                     "root could have started (a root-owned binary in root-owned directories nobody else may write)")
         if path == "/":

@@ -53,13 +53,12 @@ def drop_in(vm: str, manifest_path: str) -> str:
             f"[Unit]\nConditionPathExists=!{manifest_path}\n")
 
 
-def systemctl(args: List[str]) -> None:
+def systemctl(args: List[str], hint: str = "the units that start VMs could not be held; nothing was saved") -> None:
     try:
         subprocess.run(["systemctl", *args], check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = (getattr(exc, "stderr", None) or str(exc)).strip()
-        raise CprError(f"systemctl {' '.join(args)} failed: {detail}",
-                       hint="the units that start VMs could not be held; nothing was saved") from None
+        raise CprError(f"systemctl {' '.join(args)} failed: {detail}", hint=hint) from None
 
 
 def hold(holds: List[Hold], unit_dir: str = UNIT_DIR) -> None:
