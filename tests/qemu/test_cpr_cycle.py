@@ -111,6 +111,20 @@ def test_private_ram_is_copied_into_the_state_file(vm_dir):
     _assert_survived(vms, before)
 
 
+def test_copied_ram_of_a_paused_vm_comes_back_paused(vm_dir):
+    """The restore holds a loading guest stopped until its checksum passed, then starts only a guest that ran."""
+    vms = testbed.boot_vms(vm_dir, names=["cpaused"], ram="private")
+    before = _memory(vms)
+    vms[0].qmp("stop")
+    state_dir = os.path.join(vm_dir, "state")
+    save(Selection(names=["cpaused"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    [restored] = restore(state_dir, options=RestoreOptions(timeout=60))["vms"]
+    vms[0].refresh_pid()
+    assert restored["runstate"] == "paused" and vms[0].runstate() == "paused"
+    vms[0].qmp("cont")
+    _assert_survived(vms, before)
+
+
 def test_mapped_ram_then_one_stream_on_the_same_qemu(vm_dir):
     """A QEMU restored from a mapped-ram save keeps the capability on; the next plain save must still load."""
     vms = testbed.boot_vms(vm_dir, names=["mram"], ram="private")
@@ -140,8 +154,10 @@ def test_a_save_finishes_one_that_stopped_before_quitting(vm_dir):
     _assert_survived(vms, before)
 
 
-def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
-    vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"])
+@pytest.mark.parametrize("ram", ["shared-file", "private"])
+def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir, ram):
+    # private: the RAM is copied, so the restore loads it with the guest held stopped until the checksum passed.
+    vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"], ram=ram)
     before = _memory(vms)
     [result] = set_states(Selection(names=["sleepy"]), "suspended", 30)
     assert result["changed"] and result["runstate"] == "suspended"
