@@ -112,8 +112,9 @@ async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher
             except CprError:
                 await quit_qemu(session, pid, timeout)
                 raise
-            if manifest.runstate_before == "running":
-                # A paused guest stays paused, a suspended one is woken below.
+            if manifest.runstate_before != "paused":
+                # Held, QEMU 10 leaves a running or suspended guest paused; cont gives it its old runstate (a
+                # suspended guest stays suspended until woken below). A paused guest stays paused.
                 await session.execute("cont")
         if await runstate(session) != manifest.runstate_before:
             await wait_runstate(session, manifest.runstate_before, timeout, "the restore")

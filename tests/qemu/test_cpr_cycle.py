@@ -4,6 +4,7 @@ Every cycle proves the guest's RAM survived: the random marker in its tmpfs
 is identical and its counter went on from where it was.
 """
 
+import asyncio
 import json
 import os
 import pathlib
@@ -26,7 +27,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     NotReadyError,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
-from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher, bring_back
 from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
 from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
@@ -122,6 +123,49 @@ def test_copied_ram_of_a_paused_vm_comes_back_paused(vm_dir):
     vms[0].refresh_pid()
     assert restored["runstate"] == "paused" and vms[0].runstate() == "paused"
     vms[0].qmp("cont")
+    _assert_survived(vms, before)
+
+
+def _watch(path, cmd):
+    return asyncio.run(testbed._call(pathlib.Path(path), False, cmd, {}, 5.0))  # pylint: disable=protected-access
+
+
+def _runstate_once_loaded(watch, timeout=120.0):
+    """On a second QMP monitor of the new QEMU: the runstate once its load completed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _watch(watch, "query-migrate").get("status") == "completed":
+                return _watch(watch, "query-status")["status"]
+        except (OSError, EOFError, testbed.QMPError, testbed.TestbedError, asyncio.TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the new QEMU did not complete its load")
+
+
+def test_copied_ram_is_held_stopped_until_its_checksum_passed(vm_dir):
+    """While the checksum runs, the loaded guest does not: a checksum slower than the load sees it paused."""
+    watch = os.path.join(vm_dir, "watch.qmp")
+    vms = testbed.boot_vms(vm_dir, names=["held"], ram="private",
+                           extra_args=["-qmp", f"unix:{watch},server=on,wait=off"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    save(Selection(names=["held"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    seen = []
+    with StateDir.open(state_dir) as directory:
+        manifest = directory.read_manifest("held")
+
+        def slow_check():
+            directory.verify_state(manifest)
+            seen.append(_runstate_once_loaded(watch))
+
+        asyncio.run(bring_back(manifest, directory, Launcher(), 120, check=slow_check))
+    assert seen == ["paused"]
+    vms[0].refresh_pid()
+    assert vms[0].runstate() == "running"
+    # cpr_restore takes the QEMU the restore started as restored, and removes the files.
+    restore(state_dir, options=RestoreOptions(timeout=60))
+    assert not os.path.exists(os.path.join(state_dir, "held.json"))
     _assert_survived(vms, before)
 
 
