@@ -246,12 +246,18 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
     # Written before the VM stops (a thread, so that the VMs' fsyncs overlap); it gets the real paused_at later.
     await asyncio.to_thread(state_dir.write_manifest, manifest, True)
     uri = checkpoint.uri = await migration.hand_over(session, state_dir.open_state(facts.name, write=True))
-    await vm_round.ready_to_stop(facts.name)
-    started = time.monotonic()
-    if not checkpoint.suspended_by_us:
-        manifest.paused_at = time.time()
-    await session.execute("migrate", {"uri": uri})
-    await migration.wait_migration(session, options.timeout, "the save")
+    # A copy of guest RAM is written to disk while QEMU writes it, not only by the fsync after it.
+    flusher = None if manifest.ram_in_place else state_dir.flusher(facts.name)
+    try:
+        await vm_round.ready_to_stop(facts.name)
+        started = time.monotonic()
+        if not checkpoint.suspended_by_us:
+            manifest.paused_at = time.time()
+        await session.execute("migrate", {"uri": uri})
+        await migration.wait_migration(session, options.timeout, "the save")
+    finally:
+        if flusher is not None:
+            await asyncio.to_thread(flusher.stop)
     await migration.release(session, uri)
     state = await runstate(session)
     if state != "postmigrate":

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError
@@ -35,6 +35,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import restor
 from ansible_collections.hypervisor.cpr.plugins.module_utils._process import (
     Command,
     Launched,
+    quit_qemu,
     start_qemu,
     start_unit,
     systemd_unit_name,
@@ -63,10 +64,13 @@ class Launcher:
 
 
 async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher, timeout: float,
-                     waiting: bool = False) -> Tuple[Optional[int], float]:
+                     waiting: bool = False, check: Optional[Callable[[], None]] = None) -> Tuple[Optional[int], float]:
     """Load a saved VM into a new QEMU and bring it back to its old runstate; return (pid, back at).
 
     waiting: a QEMU an interrupted run started already waits for the state (inmigrate); none is started.
+    check: the state file's checksum (StateDir.verify_state), run in a thread while QEMU loads the file with the
+    guest held stopped: the guest runs only once the file passed it. A QEMU that loaded a damaged file is quit
+    (the files are kept) and the check's error raised.
     A guest the save suspended is woken. back at (seconds since the epoch) ends the VM's downtime.
     """
     name = manifest.name
@@ -81,12 +85,20 @@ async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher
         if not waiting and pid and (launched.child is None or launched.child.pid != pid):
             # Started by systemd: the QEMU that answers is the one in the unit we started.
             state_dir.write_restoring(name, dict(_launch_record(launched), **process_identity(pid)))
+        checked = None
+        if check is not None:
+            # In inmigrate, stop is -S: once loaded, QEMU keeps the guest stopped until cont.
+            await session.execute("stop")
+            checked = asyncio.ensure_future(asyncio.to_thread(check))
         try:
             await load(session, (manifest.capabilities, manifest.parameters),
                        state_dir.open_state(name, write=False), timeout)
         except CprError as exc:
             with contextlib.suppress(CprError):
                 await session.execute("quit")
+            if checked is not None:
+                # A damaged file is reported as such, not as what QEMU made of it.
+                await checked
             child = launched.child
             if child is not None and await wait_exit(child.pid, 1.0) and child.poll() not in (None, 0):
                 # QEMU exits on a state it cannot load; its own words say why.
@@ -94,6 +106,16 @@ async def bring_back(manifest: Manifest, state_dir: StateDir, launcher: Launcher
                                f"{state_dir.log_tail(name)}", name, hint="the state file and manifest are kept; "
                                "fix the cause and run cpr_restore again") from exc
             raise
+        if checked is not None:
+            try:
+                await checked
+            except CprError:
+                await quit_qemu(session, pid, timeout)
+                raise
+            if manifest.runstate_before != "paused":
+                # Held, QEMU 10 leaves a running or suspended guest paused; cont gives it its old runstate (a
+                # suspended guest stays suspended until woken below). A paused guest stays paused.
+                await session.execute("cont")
         if await runstate(session) != manifest.runstate_before:
             await wait_runstate(session, manifest.runstate_before, timeout, "the restore")
         if manifest.suspended_by_us:

@@ -23,7 +23,11 @@ from typing import Any, Dict, List, Optional
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, ManifestError
 
-FORMAT_VERSION = 1
+# 2: the state file's checksum is one SHA-256 per chunk (state_chunks), no longer one over the whole file
+# (state_sha256). Format 1 manifests are still read and verified as before; an older hypervisor.cpr refuses
+# format 2 by its number instead of taking the file for a damaged one.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 # A VM name becomes a file name: keep it to characters that are safe there.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 # How a VM recorded for a fresh start went down, when it was not vm_power that shut it down.
@@ -54,7 +58,11 @@ class Manifest:
     boot_id: str
     kernel: str
     state_bytes: int = 0
+    # Format 1: the SHA-256 of the whole state file. Format 2 leaves it empty and has the two below.
     state_sha256: str = ""
+    # The SHA-256 of each state_chunk_bytes of the state file, in order (_checksum).
+    state_chunk_bytes: int = 0
+    state_chunks: List[str] = field(default_factory=list)
     saved_at: float = 0.0
     # Seconds from QEMU's migrate command to the state file synced and checksummed.
     save_seconds: float = 0.0
@@ -88,13 +96,13 @@ class Manifest:
         known = {f.name for f in fields(cls)}
         missing = [f.name for f in fields(cls)
                    if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
-        if data.get("format") != FORMAT_VERSION or missing:
+        if data.get("format") not in READABLE_FORMATS or missing:
             raise ManifestError(
                 f"manifest {path} has format {data.get('format')!r}"
                 + (f" and lacks {', '.join(missing)}" if missing else ""),
                 data.get("name"),
-                hint=f"it was not written by this version of hypervisor.cpr (format {FORMAT_VERSION}); "
-                "restore the VM with the version that saved it",
+                hint="this version of hypervisor.cpr reads formats "
+                f"{', '.join(str(f) for f in READABLE_FORMATS)}; restore the VM with the version that saved it",
             )
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -17,6 +17,7 @@ cleaned up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -157,10 +158,16 @@ async def back_in_runstate(manifest: Manifest, state_dir: StateDir, options: Res
         waiting = True
     else:
         check_not_back_before(state_dir, manifest)
-    if options.verify_checksum:
-        # In a thread: the VMs' state files are checked at the same time.
+    check = None
+    if options.verify_checksum and manifest.ram_in_place:
+        # A few hundred KB: checked before QEMU starts (in a thread: the VMs' files are checked at the same time).
         await asyncio.to_thread(state_dir.verify_state, manifest)
-    return await bring_back(manifest, state_dir, options.launcher, options.timeout, waiting)
+    elif options.verify_checksum:
+        # Copied RAM: the checksum runs while QEMU loads the file, the guest held stopped until it passed. A missing
+        # or truncated file is refused before any QEMU starts.
+        await asyncio.to_thread(state_dir.check_state, manifest)
+        check = functools.partial(state_dir.verify_state, manifest)
+    return await bring_back(manifest, state_dir, options.launcher, options.timeout, waiting, check)
 
 
 async def _restore_one(manifest: Manifest, state_dir: StateDir, options: RestoreOptions,

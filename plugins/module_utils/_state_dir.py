@@ -29,12 +29,19 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
 from ansible_collections.hypervisor.cpr.plugins.module_utils._directory import Directory
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import LockedError, ManifestError
-from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest, StopRecord, check_name
+from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    StopRecord,
+    check_name,
+)
 
 LOCK_NAME = ".hypervisor-cpr.lock"
 LOCK_POLL_SECONDS = 0.1
@@ -51,6 +58,33 @@ LOG_SUFFIX = ".log"
 TRANSFER_SUFFIX = ".transfer"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
+# How often a Flusher writes back what QEMU wrote since: often enough that the disk never idles.
+FLUSH_SECONDS = 0.02
+
+
+class Flusher:
+    """A thread that fdatasyncs a state file while QEMU writes it.
+
+    The disk then writes while QEMU does, instead of all at the fsync after it; nothing is read or hashed before
+    QEMU is done with the file. Errors are left to the fsync that seals the file.
+    """
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-file-flusher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self._stopped.wait(FLUSH_SECONDS):
+                os.fdatasync(self._descriptor)
+
+    def stop(self) -> None:
+        """Stop (after the fdatasync in flight, if any) and close the file."""
+        self._stopped.set()
+        self._thread.join()
+        os.close(self._descriptor)
 
 
 class StateDir(Directory):
@@ -119,40 +153,72 @@ class StateDir(Directory):
                                 hint="the VM cannot be saved or restored from it; its manifest is kept for inspection"
                                 ) from None
 
+    def flusher(self, name: str) -> "Flusher":
+        """Write a VM's state file back to disk while QEMU writes it (stop() it once the migration ended)."""
+        return Flusher(self.open_state(name, write=False))
+
     def seal(self, manifest: Manifest) -> None:
-        """fsync and checksum a complete state file into its manifest (not yet written)."""
-        with os.fdopen(self.open_state(manifest.name, write=False), "rb") as handle, \
-                concurrent.futures.ThreadPoolExecutor(1) as pool:
-            # The checksum reads the pages from the cache while the fsync writes them back: the two take as
-            # long as the longer one, not their sum.
-            synced = pool.submit(os.fsync, handle.fileno())
-            digest = hashlib.file_digest(handle, "sha256")
-            manifest.state_bytes = os.fstat(handle.fileno()).st_size
-            synced.result()
-        manifest.state_sha256 = digest.hexdigest()
+        """fsync a complete state file and put its size and chunk checksums into its manifest (not yet written)."""
+        descriptor = self.open_state(manifest.name, write=False)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                # The checksum threads read the pages from the cache while the fsync writes them back: the two
+                # take as long as the longer one, not their sum.
+                synced = pool.submit(os.fsync, descriptor)
+                size = os.fstat(descriptor).st_size
+                chunk = checksum.chunk_bytes(size)
+                chunks = checksum.digests(descriptor, size, chunk)
+                synced.result()
+        finally:
+            os.close(descriptor)
+        manifest.state_bytes, manifest.state_chunk_bytes, manifest.state_chunks = size, chunk, chunks
+        # A save finished for an earlier run's .saving record is written in this format too.
+        manifest.state_sha256, manifest.format = "", FORMAT_VERSION
 
     def finish_save(self, manifest: Manifest) -> None:
         """Turn the .saving record of a sealed save into the manifest."""
         self.write_manifest(manifest)
         self.unlink(manifest.name + SAVING_SUFFIX)
 
+    def check_state(self, manifest: Manifest) -> None:
+        """The quick part of verify_state: the state file is there and has the size its manifest says."""
+        os.close(self._open_sized(manifest))
+
     def verify_state(self, manifest: Manifest) -> None:
-        """Refuse to restore from a state file that does not match its manifest."""
+        """Refuse to restore from a state file that does not match its manifest (size and checksum)."""
+        descriptor = self._open_sized(manifest)
+        try:
+            if manifest.state_chunk_bytes:
+                chunks = checksum.digests(descriptor, manifest.state_bytes, manifest.state_chunk_bytes)
+                bad = checksum.first_mismatch(manifest.state_chunks, chunks)
+                where = "" if bad is None else (f" (chunk {bad + 1} of {len(manifest.state_chunks)}, from byte "
+                                                f"{bad * manifest.state_chunk_bytes})")
+            else:
+                # Format 1: one SHA-256 over the whole file.
+                with os.fdopen(os.dup(descriptor), "rb") as handle:
+                    bad = None if hashlib.file_digest(handle, "sha256").hexdigest() == manifest.state_sha256 else 0
+                where = ""
+            size = os.fstat(descriptor).st_size
+        finally:
+            os.close(descriptor)
+        if bad is not None or size != manifest.state_bytes:
+            raise ManifestError(f"state file {manifest.state_file} does not match the SHA-256 in its manifest{where}",
+                                manifest.name, hint="the file is damaged; both files are kept")
+
+    def _open_sized(self, manifest: Manifest) -> int:
+        """The state file, open for reading, when it has the size its manifest says."""
         path = manifest.state_file
         try:
             descriptor = self.open_file(manifest.name + STATE_SUFFIX, os.O_RDONLY)
         except OSError as exc:
             raise ManifestError(f"state file {path} is missing ({exc.strerror})", manifest.name,
                                 hint="the VM cannot be restored from it; its manifest is kept for inspection") from None
-        with os.fdopen(descriptor, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size != manifest.state_bytes:
-                raise ManifestError(f"state file {path} has {size} bytes, its manifest says {manifest.state_bytes}",
-                                    manifest.name, hint="the file was truncated or replaced; both files are kept")
-            digest = hashlib.file_digest(handle, "sha256")
-        if digest.hexdigest() != manifest.state_sha256:
-            raise ManifestError(f"state file {path} does not match the SHA-256 in its manifest", manifest.name,
-                                hint="the file is corrupted; both files are kept")
+        size = os.fstat(descriptor).st_size
+        if size != manifest.state_bytes:
+            os.close(descriptor)
+            raise ManifestError(f"state file {path} has {size} bytes, its manifest says {manifest.state_bytes}",
+                                manifest.name, hint="the file was truncated or replaced; both files are kept")
+        return descriptor
 
     def remove_saved(self, name: str) -> None:
         """Remove a VM's state file and manifest (after a restore, or a rolled-back save)."""

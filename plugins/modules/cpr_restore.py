@@ -54,8 +54,11 @@ options:
     default: false
   verify_checksum:
     description:
-      - Check each state file's size and SHA-256 against its manifest before loading it. A truncated or corrupted file
-        is refused, and kept.
+      - Check each state file's size and SHA-256 (one per chunk of the file) against its manifest. A truncated or
+        corrupted file is refused, and kept.
+      - A VM whose RAM was copied into its state file is loaded while the checksum is checked, with the guest held
+        stopped; the guest runs only once the file passed, else the new QEMU is quit before the guest ran a single
+        instruction. A VM whose RAM stayed in place is checked before its QEMU starts.
     type: bool
     default: true
   launch:

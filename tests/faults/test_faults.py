@@ -426,6 +426,37 @@ def test_damaged_state_file_is_refused_and_kept(vm_dir, vm_pool, campaign, damag
              0, 0, finished(vms, snapshot))
 
 
+@pytest.mark.parametrize("mapped_ram", [False, True], ids=["plain", "mapped-ram"])
+def test_damaged_ram_copy_is_loaded_held_and_discarded(vm_dir, campaign, mapped_ram):
+    """Copied RAM is checked while QEMU loads it: a damaged file is loaded, never run, and its QEMU discarded."""
+    vms = testbed.boot_vms(vm_dir, names=["rdamaged"], ram="private")
+    snapshot = testbed.memory_snapshot(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    save(Selection(names=["rdamaged"]), state_dir, SaveOptions(reboot="none", timeout=60, mapped_ram=mapped_ram))
+    state_file = os.path.join(state_dir, "rdamaged.state")
+    shutil.copy(state_file, os.path.join(vm_dir, "good.state"))
+    # A byte of guest RAM: QEMU loads it without complaint, only the checksum can tell.
+    offset = os.path.getsize(state_file) // 2
+    with open(state_file, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ManifestError, match=r"^VM rdamaged: state file .* does not match the SHA-256 in its manifest "
+                       r"\(chunk \d+ of \d+, from byte \d+\)") as failure:
+        restore(state_dir, options=RestoreOptions(timeout=60))
+    assert "both files are kept" in str(failure.value)
+    assert {"rdamaged.json", "rdamaged.state"} <= set(os.listdir(state_dir))
+    # The QEMU that loaded it was quit before its guest ran.
+    assert vms[0].refresh_pid() is None
+
+    shutil.copy(os.path.join(vm_dir, "good.state"), state_file)
+    restore(state_dir, options=RestoreOptions(timeout=60))
+    campaign(f"copied RAM damaged ({'mapped-ram' if mapped_ram else 'plain stream'})", "between save and restore",
+             "loaded with the guest held stopped, refused by the checksum, that QEMU quit; state file and manifest kept",
+             0, 0, finished(vms, snapshot))
+
+
 # --------------------------------------------------------------------------- 8. the new QEMU cannot start
 
 

@@ -4,6 +4,7 @@ Every cycle proves the guest's RAM survived: the random marker in its tmpfs
 is identical and its counter went on from where it was.
 """
 
+import asyncio
 import json
 import os
 import pathlib
@@ -26,7 +27,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     NotReadyError,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._facts import FactsOptions
-from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher
+from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher, bring_back
 from ansible_collections.hypervisor.cpr.plugins.module_utils._restore import RestoreOptions, restore
 from ansible_collections.hypervisor.cpr.plugins.module_utils._save import save
 from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Selection
@@ -111,6 +112,63 @@ def test_private_ram_is_copied_into_the_state_file(vm_dir):
     _assert_survived(vms, before)
 
 
+def test_copied_ram_of_a_paused_vm_comes_back_paused(vm_dir):
+    """The restore holds a loading guest stopped until its checksum passed, then starts only a guest that ran."""
+    vms = testbed.boot_vms(vm_dir, names=["cpaused"], ram="private")
+    before = _memory(vms)
+    vms[0].qmp("stop")
+    state_dir = os.path.join(vm_dir, "state")
+    save(Selection(names=["cpaused"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    [restored] = restore(state_dir, options=RestoreOptions(timeout=60))["vms"]
+    vms[0].refresh_pid()
+    assert restored["runstate"] == "paused" and vms[0].runstate() == "paused"
+    vms[0].qmp("cont")
+    _assert_survived(vms, before)
+
+
+def _watch(path, cmd):
+    return asyncio.run(testbed._call(pathlib.Path(path), False, cmd, {}, 5.0))  # pylint: disable=protected-access
+
+
+def _runstate_once_loaded(watch, timeout=120.0):
+    """On a second QMP monitor of the new QEMU: the runstate once its load completed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _watch(watch, "query-migrate").get("status") == "completed":
+                return _watch(watch, "query-status")["status"]
+        except (OSError, EOFError, testbed.QMPError, testbed.TestbedError, asyncio.TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the new QEMU did not complete its load")
+
+
+def test_copied_ram_is_held_stopped_until_its_checksum_passed(vm_dir):
+    """While the checksum runs, the loaded guest does not: a checksum slower than the load sees it paused."""
+    watch = os.path.join(vm_dir, "watch.qmp")
+    vms = testbed.boot_vms(vm_dir, names=["held"], ram="private",
+                           extra_args=["-qmp", f"unix:{watch},server=on,wait=off"])
+    before = _memory(vms)
+    state_dir = os.path.join(vm_dir, "state")
+    save(Selection(names=["held"]), state_dir, SaveOptions(reboot="none", timeout=60))
+    seen = []
+    with StateDir.open(state_dir) as directory:
+        manifest = directory.read_manifest("held")
+
+        def slow_check():
+            directory.verify_state(manifest)
+            seen.append(_runstate_once_loaded(watch))
+
+        asyncio.run(bring_back(manifest, directory, Launcher(), 120, check=slow_check))
+    assert seen == ["paused"]
+    vms[0].refresh_pid()
+    assert vms[0].runstate() == "running"
+    # cpr_restore takes the QEMU the restore started as restored, and removes the files.
+    restore(state_dir, options=RestoreOptions(timeout=60))
+    assert not os.path.exists(os.path.join(state_dir, "held.json"))
+    _assert_survived(vms, before)
+
+
 def test_mapped_ram_then_one_stream_on_the_same_qemu(vm_dir):
     """A QEMU restored from a mapped-ram save keeps the capability on; the next plain save must still load."""
     vms = testbed.boot_vms(vm_dir, names=["mram"], ram="private")
@@ -140,8 +198,10 @@ def test_a_save_finishes_one_that_stopped_before_quitting(vm_dir):
     _assert_survived(vms, before)
 
 
-def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir):
-    vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"])
+@pytest.mark.parametrize("ram", ["shared-file", "private"])
+def test_guest_suspended_by_qga_suspend_comes_back_suspended(vm_dir, ram):
+    # private: the RAM is copied, so the restore loads it with the guest held stopped until the checksum passed.
+    vms = testbed.boot_vms(vm_dir, names=["sleepy", "woken"], ram=ram)
     before = _memory(vms)
     [result] = set_states(Selection(names=["sleepy"]), "suspended", 30)
     assert result["changed"] and result["runstate"] == "suspended"

@@ -1,5 +1,6 @@
 """The state directory: what it accepts, the name of every file it holds, and that nothing can be swapped under it."""
 
+import hashlib
 import json
 import os
 
@@ -227,3 +228,38 @@ def test_the_flock_keeps_a_second_module_out_and_names_the_first(state_dir):
                 pass
     with state_dir.lock():
         pass
+
+
+def test_a_format_1_manifest_is_verified_by_its_one_sha256(state_dir):
+    """Saved by the previous version: one SHA-256 over the whole file, no chunk list; still restorable."""
+    content = b"device state" * 1000
+    with os.fdopen(state_dir.open_state("old", write=True), "wb") as handle:
+        handle.write(content)
+    manifest = _manifest(state_dir, "old", format=1, state_bytes=len(content),
+                         state_sha256=hashlib.sha256(content).hexdigest())
+    data = {k: v for k, v in vars(manifest).items() if k not in ("state_chunk_bytes", "state_chunks")}
+    _write(state_dir.manifest_path("old"), json.dumps(data))
+    read = state_dir.read_manifest("old")
+    assert (read.format, read.state_chunks) == (1, [])
+    state_dir.verify_state(read)
+    with open(read.state_file, "r+b") as handle:
+        handle.write(b"X")
+    with pytest.raises(ManifestError, match=r"does not match the SHA-256 in its manifest\. The file is damaged"):
+        state_dir.verify_state(read)
+
+
+def test_a_sealed_manifest_lists_one_digest_per_chunk(state_dir):
+    manifest = _manifest(state_dir, "new", format=1, state_sha256="stale")
+    with os.fdopen(state_dir.open_state("new", write=True), "wb") as handle:
+        handle.write(b"s" * 1000)
+    state_dir.seal(manifest)
+    assert (manifest.format, manifest.state_sha256, manifest.state_bytes) == (2, "", 1000)
+    assert manifest.state_chunks == [hashlib.sha256(b"s" * 1000).hexdigest()]
+
+
+@pytest.mark.parametrize("fmt", [0, 3, None])
+def test_a_manifest_of_an_unknown_format_is_refused_by_its_number(state_dir, fmt):
+    manifest = _manifest(state_dir, "future")
+    _write(state_dir.manifest_path("future"), json.dumps(dict(vars(manifest), format=fmt)))
+    with pytest.raises(ManifestError, match=f"has format {fmt!r}.*reads formats 1, 2"):
+        state_dir.read_manifest("future")

@@ -1,0 +1,99 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.cpr contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+# Do not use it from other collections or standalone plugins/modules.
+"""A state file's checksum: one SHA-256 per fixed-size chunk, computed by several threads at once.
+
+One SHA-256 over a whole file runs on one core, slower than a disk reads or
+writes. Per chunk, a save hashes the complete file from the page cache on every
+core while it is flushed to disk, and a restore while QEMU loads it. A chunk
+that is a hole in the file (mapped-ram state files are sparse) is not read: its
+digest is that of as many zero bytes, which it holds, so a copy of the file that
+filled the holes still matches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import functools
+import hashlib
+import os
+from typing import List, Optional, Tuple
+
+# The smallest chunk, doubled for big files so that a manifest lists at most MAX_CHUNKS digests.
+MIN_CHUNK_BYTES = 16 << 20
+MAX_CHUNKS = 1024
+READ_BYTES = 1 << 20
+# hashlib lets go of the GIL while it hashes, and preadv while it reads: threads use every core.
+THREADS = max(2, min(8, os.cpu_count() or 1))
+
+Span = Tuple[int, int]
+
+
+def chunk_bytes(size: int) -> int:
+    """The chunk size for a file of this many bytes."""
+    chunk = MIN_CHUNK_BYTES
+    while size > chunk * MAX_CHUNKS:
+        chunk *= 2
+    return chunk
+
+
+def spans(size: int, chunk: int) -> List[Span]:
+    """(offset, length) of each chunk of a file of this size; the last one may be shorter."""
+    return [(offset, min(chunk, size - offset)) for offset in range(0, size, chunk)]
+
+
+def digests(descriptor: int, size: int, chunk: int) -> List[str]:
+    """The SHA-256 (hex) of each chunk of the first size bytes of an open file, by several threads."""
+    parts = spans(size, chunk)
+    if len(parts) <= 1:
+        return [_digest(descriptor, part) for part in parts]
+    with concurrent.futures.ThreadPoolExecutor(min(THREADS, len(parts))) as pool:
+        return list(pool.map(functools.partial(_digest, descriptor), parts))
+
+
+def first_mismatch(expected: List[str], actual: List[str]) -> Optional[int]:
+    """The index of the first chunk whose digest differs, or None when the lists are equal."""
+    if expected == actual:
+        return None
+    return next((index for index, (want, got) in enumerate(zip(expected, actual)) if want != got),
+                min(len(expected), len(actual)))
+
+
+@functools.lru_cache(maxsize=4)
+def zero_digest(length: int) -> str:
+    """The SHA-256 of length zero bytes: the digest of a chunk that is a hole."""
+    digest = hashlib.sha256()
+    zeros = bytes(min(READ_BYTES, length))
+    for offset in range(0, length, READ_BYTES):
+        digest.update(zeros[:min(READ_BYTES, length - offset)])
+    return digest.hexdigest()
+
+
+def _is_hole(descriptor: int, offset: int, length: int) -> bool:
+    try:
+        return os.lseek(descriptor, offset, os.SEEK_DATA) >= offset + length
+    except OSError as exc:
+        # ENXIO: no data from offset to the end of the file (a file system without holes reports none).
+        if exc.errno == errno.ENXIO:
+            return True
+        raise
+
+
+def _digest(descriptor: int, span: Span) -> str:
+    offset, length = span
+    if _is_hole(descriptor, offset, length):
+        return zero_digest(length)
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(min(READ_BYTES, length)))
+    done = 0
+    while done < length:
+        count = os.preadv(descriptor, [view[:min(READ_BYTES, length - done)]], offset + done)
+        if count == 0:
+            raise OSError(f"the file ended at byte {offset + done} while its checksum was computed")
+        digest.update(view[:count])
+        done += count
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+# -*- coding: utf-8 -*-
+"""The state file's checksum per chunk: sizes, spans, holes, and the first chunk that differs."""
+
+import hashlib
+import os
+
+import pytest
+
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("size, chunk", [
+    (0, 16 * MIB),
+    (1, 16 * MIB),
+    (16 * MIB * 1024, 16 * MIB),
+    (16 * MIB * 1024 + 1, 32 * MIB),
+    (1 << 40, 1 << 30),
+])
+def test_chunk_size_keeps_the_manifest_at_most_max_chunks(size, chunk):
+    assert checksum.chunk_bytes(size) == chunk
+    assert len(checksum.spans(size, chunk)) <= checksum.MAX_CHUNKS
+
+
+@pytest.mark.parametrize("size, chunk, spans", [
+    (0, 4, []),
+    (3, 4, [(0, 3)]),
+    (4, 4, [(0, 4)]),
+    (9, 4, [(0, 4), (4, 4), (8, 1)]),
+])
+def test_spans_cover_the_file_once(size, chunk, spans):
+    assert checksum.spans(size, chunk) == spans
+
+
+@pytest.mark.parametrize("expected, actual, index", [
+    (["a", "b"], ["a", "b"], None),
+    (["a", "b"], ["a", "x"], 1),
+    (["x", "b"], ["a", "x"], 0),
+    (["a", "b"], ["a"], 1),
+    (["a"], ["a", "b"], 1),
+    ([], [], None),
+])
+def test_first_mismatch(expected, actual, index):
+    assert checksum.first_mismatch(expected, actual) == index
+
+
+@pytest.mark.parametrize("length", [1, checksum.READ_BYTES - 1, checksum.READ_BYTES, 3 * checksum.READ_BYTES + 5])
+def test_zero_digest_is_that_of_as_many_zero_bytes(length):
+    assert checksum.zero_digest(length) == hashlib.sha256(bytes(length)).hexdigest()
+
+
+def _digests(path, chunk):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return checksum.digests(descriptor, os.fstat(descriptor).st_size, chunk)
+    finally:
+        os.close(descriptor)
+
+
+@pytest.mark.parametrize("chunk", [4096, 3 * 4096, MIB])
+def test_a_sparse_file_and_its_filled_copy_have_the_digests_of_their_bytes(tmp_path, chunk):
+    # Data, a hole of several chunks, data, and a hole at the end (mapped-ram files look so).
+    sparse, filled = tmp_path / "sparse", tmp_path / "filled"
+    size = 4 * MIB + 123
+    data = {0: os.urandom(5000), 2 * MIB: os.urandom(70000)}
+    with open(sparse, "wb") as handle:
+        for offset, block in data.items():
+            handle.seek(offset)
+            handle.write(block)
+        handle.truncate(size)
+    content = sparse.read_bytes()
+    filled.write_bytes(content)
+    expected = [hashlib.sha256(content[offset:offset + length]).hexdigest()
+                for offset, length in checksum.spans(size, chunk)]
+    assert _digests(sparse, chunk) == expected
+    assert _digests(filled, chunk) == expected
+
+
+def test_a_changed_byte_changes_the_digest_of_its_chunk_only(tmp_path):
+    path = tmp_path / "state"
+    path.write_bytes(os.urandom(10 * 4096))
+    before = _digests(path, 4096)
+    with open(path, "r+b") as handle:
+        handle.seek(7 * 4096 + 11)
+        byte = handle.read(1)
+        handle.seek(7 * 4096 + 11)
+        handle.write(bytes([byte[0] ^ 1]))
+    assert checksum.first_mismatch(before, _digests(path, 4096)) == 7
+
+
+def test_a_file_shorter_than_its_size_is_an_error(tmp_path):
+    path = tmp_path / "state"
+    path.write_bytes(b"x" * 100)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="the file ended at byte 100"):
+            checksum.digests(descriptor, 200, 4096)
+    finally:
+        os.close(descriptor)
