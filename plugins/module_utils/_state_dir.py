@@ -29,13 +29,13 @@ import errno
 import fcntl
 import hashlib
 import os
-import threading
 import time
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
 from ansible_collections.hypervisor.cpr.plugins.module_utils._directory import Directory
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import LockedError, ManifestError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._flusher import Flusher
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -58,35 +58,6 @@ LOG_SUFFIX = ".log"
 TRANSFER_SUFFIX = ".transfer"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
-# How often a Flusher writes back what QEMU wrote since: often enough that the disk never idles.
-FLUSH_SECONDS = 0.02
-
-
-class Flusher:
-    """A thread that fdatasyncs a state file while QEMU writes it.
-
-    The disk then writes while QEMU does, instead of all at the fsync after it; nothing is read or hashed before
-    QEMU is done with the file. Errors are left to the fsync that seals the file.
-    """
-
-    def __init__(self, descriptor: int) -> None:
-        self._descriptor = descriptor
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="state-file-flusher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(OSError):
-            while not self._stopped.wait(FLUSH_SECONDS):
-                os.fdatasync(self._descriptor)
-
-    def stop(self) -> None:
-        """Stop (after the fdatasync in flight, if any) and close the file."""
-        self._stopped.set()
-        self._thread.join()
-        os.close(self._descriptor)
-
-
 class StateDir(Directory):
     """A state directory, opened by descriptor (StateDir.open); every file name in it is made here."""
 
