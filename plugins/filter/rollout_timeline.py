@@ -52,8 +52,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 PHASES = ("preflight", "prepare", "save", "pre_reboot", "reboot", "restore", "verify")
 COLORS = {"preflight": "#9aa5b1", "prepare": "#5b8def", "save": "#f0a35e", "pre_reboot": "#c98ed8",
           "reboot": "#e4c441", "restore": "#4fb98f", "verify": "#7fc8d8"}
-BLACKOUT, FAILED = "#333333", "#d62728"
-LABEL_WIDTH, CHART_WIDTH, ROW, VM_ROW, AXIS = 190, 860, 20, 7, 34
+BLACKOUT = "#333333"
+FAILED = "#d62728"
+# Pixels: the labels' column, the chart, a host's row, a VM's bar within it, the time axis.
+LABEL_WIDTH = 190
+CHART_WIDTH = 860
+ROW = 20
+VM_ROW = 7
+AXIS = 34
 STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 

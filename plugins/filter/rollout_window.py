@@ -200,7 +200,8 @@ def _clock(value: time) -> str:
 
 def _show(moment: Optional[datetime]) -> str:
     """Such as Fri 2026-11-27 22:00 CET (seconds only where there are any)."""
-    assert moment is not None
+    if moment is None:
+        return "never"
     return moment.strftime("%a %Y-%m-%d %H:%M" + (":%S" if moment.second else "") + " %Z")
 
 

@@ -312,5 +312,5 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Record":
-        known = {f for f in cls.__dataclass_fields__}  # pylint: disable=no-member
+        known = set(cls.__dataclass_fields__)  # pylint: disable=no-member
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -58,6 +58,8 @@ LOG_SUFFIX = ".log"
 TRANSFER_SUFFIX = ".transfer"
 # keep_state renames a restored VM's manifest and state file with this suffix: kept for inspection, not pending.
 RESTORED_SUFFIX = ".restored"
+
+
 class StateDir(Directory):
     """A state directory, opened by descriptor (StateDir.open); every file name in it is made here."""
 

@@ -219,7 +219,8 @@ def _record(state_dir: StateDir, job: _Transfer) -> None:
 async def _listening(job: _Transfer, state_dir: StateDir, timeout: float) -> int:
     """Wait until the new QEMU listens on the cpr socket; its pid. Only it may listen there."""
     launched = job.launched
-    assert launched is not None
+    if launched is None:
+        raise CprError("no new QEMU was started to wait for", job.name)
     child = launched.child
 
     async def listens() -> Optional[int]:

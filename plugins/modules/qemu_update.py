@@ -15,7 +15,8 @@ description:
     now at its old QEMU's path (C(/proc/<pid>/exe), checked as a restart checks it), with the same command line, the
     machine type pinned to the versioned type it runs, as the same user. Nothing leaves the host between the steps.
   - B(Transfer) (QEMU's C(cpr-transfer) mode), for a running VM that allows it
-    (RV(hypervisor.cpr.vm_status#module:vms[].transfer)). The new QEMU is started beside the old one with two C(-incoming) channels, unix sockets in the VM's private
+    (RV(hypervisor.cpr.vm_status#module:vms[].transfer)). The new QEMU is started beside the old one with two
+    C(-incoming) channels, unix sockets in the VM's private
     directory C(/run/hypervisor-cpr/<name>/) (C(main) and C(cpr)); once it listens on the cpr socket, and only it does,
     the old QEMU migrates with mode C(cpr-transfer), handing guest RAM over as file descriptors; the guest pauses for
     the device state only. Once the new QEMU answers on the VM's QMP socket and runs, the old one is ended.

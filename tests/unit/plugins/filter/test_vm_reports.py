@@ -21,7 +21,6 @@ REPORT_KEYS = ["name", "method", "reason", "runstate_before", "runstate", "suspe
                "binary_before", "binary_after", "pid_before", "pid_after"]
 
 
-
 def updated(name, method="transfer", **facts):
     """A qemu_update vms entry, as the module returns it."""
     entry = {"name": name, "method": method, "changed": True, "reason": None, "runstate": "running",
