@@ -441,10 +441,11 @@ def test_a_missing_or_unloadable_kernel_touches_nothing_and_a_rerun_with_the_ker
              f"failed naming the kernel and kexec's words; no VM touched; {rerun}", *rows[1], True)
 
 
-# An operator's task before the reboot (kernel_update_pre_reboot_tasks) that damages g0's state file, keeping a copy.
+# An operator's task before the reboot (kernel_update_pre_reboot_tasks) that damages g0's state file, keeping a copy
+# on the state disk (the L1 host's /var/tmp does not outlive the kexec; the engine reads no *.good file).
 DAMAGE_TASKS = """- name: Damage g0's state file after the save, keeping a good copy (fault campaign)
   ansible.builtin.shell: >-
-    cp {state_dir}/g0.state /var/tmp/g0.state.good &&
+    cp {state_dir}/g0.state {state_dir}/g0.state.good &&
     printf 'damaged' | dd of={state_dir}/g0.state bs=1 seek=512 conv=notrunc status=none
   changed_when: true
 """
@@ -475,7 +476,7 @@ def test_a_state_file_damaged_before_the_kexec_keeps_that_vm_down_and_the_others
     _log(f"damaged g0: kept down with its files, g1 back at boot; {_host_blackout(entry)}")
 
     # The operator mends the file (here: puts the good copy back) and runs again with the run's id.
-    lab.ssh(f"mv /var/tmp/g0.state.good {STATE_DIR}/g0.state")
+    lab.ssh(f"mv {STATE_DIR}/g0.state.good {STATE_DIR}/g0.state")
     code, output = lab.play("damaged1", *pin)
     assert code == 0, _explain(output)
     entry = lab.report("damaged1")
