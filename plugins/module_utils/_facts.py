@@ -18,15 +18,17 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import Vm
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CommandFailedError, CprError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._memory import MemoryBackend, QemuBackend, classify
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import QmpSession, open_agent, open_qmp
-from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer_ready import TransferVerdict, transfer_verdict
+from ansible_collections.hypervisor.cpr.plugins.module_utils._transfer_ready import (
+    TransferVerdict,
+    migration_blockers,
+    transfer_verdict,
+)
 from ansible_collections.hypervisor.cpr.plugins.module_utils._trust import binary_problem
 
 MIN_QEMU_CPR = (8, 2, 0)
 MIN_QEMU_VFIO = (9, 0, 0)
 REBOOT_METHODS = ("kexec", "reboot", "none")
 SAVABLE_RUNSTATES = ("running", "paused", "suspended")
-# Capabilities that cannot be combined with a cpr-reboot save to a file.
-CONFLICTING_CAPABILITIES = ("postcopy-ram", "x-colo", "background-snapshot")
 VFIO_TYPE_PREFIX = "vfio"
 ICH9_LPC = "ICH9-LPC"
 S3_BLOCKED = (
@@ -133,16 +135,7 @@ def verdict(facts: VmFacts, reboot: str = "kexec", ignore_shared: Optional[bool]
         )
     if facts.runstate not in SAVABLE_RUNSTATES:
         reasons.append(f"its runstate is {facts.runstate}; only running, paused or suspended VMs can be saved")
-    status = facts.migration.get("status")
-    if status and status not in ("completed", "failed", "cancelled", "none"):
-        reasons.append(f"a migration is already {status}: wait for it to end or cancel it (migrate_cancel)")
-    for reason in facts.migration.get("blocked_reasons", []):
-        reasons.append(f"QEMU blocks migration: {reason}")
-    for capability in facts.migration.get("capabilities", []):
-        if capability in CONFLICTING_CAPABILITIES:
-            reasons.append(
-                f"migration capability {capability} is on, which cpr-reboot cannot use: turn it off with migrate-set-capabilities"
-            )
+    reasons.extend(migration_blockers(facts.migration, "cpr-reboot"))
     if facts.vfio:
         reasons.extend(_vfio_reasons(facts, version))
 

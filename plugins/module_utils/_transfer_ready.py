@@ -29,12 +29,25 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_QEMU_TRANSFER = (10, 0, 0)
 # QEMU preserves VFIO devices (and their pinned memory) across cpr-transfer from 10.1 on.
 MIN_QEMU_TRANSFER_VFIO = (10, 1, 0)
-# Capabilities QEMU's cpr-transfer cannot be combined with.
+# Migration capabilities neither cpr-reboot nor cpr-transfer can be combined with.
 CONFLICTING = ("postcopy-ram", "x-colo", "background-snapshot")
 # Where the channels' sockets live: one private directory per VM, owned by the user its QEMU runs as.
 SOCKET_BASE = "/run/hypervisor-cpr"
 SUN_PATH_MAX = 107
 RELAUNCHED = "it is relaunched with cpr-reboot instead"
+
+
+def migration_blockers(migration: Dict[str, Any], mode: str) -> List[str]:
+    """What in QEMU's migration state (query-migrate, blockers, capabilities) keeps a VM from a cpr mode."""
+    reasons = []
+    status = migration.get("status")
+    if status and status not in ("completed", "failed", "cancelled", "none"):
+        reasons.append(f"a migration is already {status}: wait for it to end or cancel it (migrate_cancel)")
+    reasons.extend(f"QEMU blocks migration: {reason}" for reason in migration.get("blocked_reasons", []))
+    reasons.extend(f"migration capability {capability} is on, which {mode} cannot use: turn it off with "
+                   "migrate-set-capabilities" for capability in migration.get("capabilities", [])
+                   if capability in CONFLICTING)
+    return reasons
 
 
 @dataclass
@@ -63,14 +76,7 @@ def transfer_verdict(facts: "VmFacts") -> TransferVerdict:
         if not backend.share:
             reasons.append(f"the RAM of memory backend {backend.id} ({backend.type}) is not shared: give it share=on "
                            "(memory-backend-memfd or -file) and start the VM with it once")
-    status = facts.migration.get("status")
-    if status and status not in ("completed", "failed", "cancelled", "none"):
-        reasons.append(f"a migration is already {status}")
-    for reason in facts.migration.get("blocked_reasons", []):
-        reasons.append(f"QEMU blocks migration: {reason}")
-    for capability in facts.migration.get("capabilities", []):
-        if capability in CONFLICTING:
-            reasons.append(f"migration capability {capability} is on, which cpr-transfer cannot use")
+    reasons.extend(migration_blockers(facts.migration, "cpr-transfer"))
     if facts.vfio and version < MIN_QEMU_TRANSFER_VFIO:
         reasons.append(f"it has VFIO devices ({', '.join(d['id'] for d in facts.vfio)}), which QEMU preserves across "
                        f"cpr-transfer only from 10.1 on (this is {facts.qemu_version}); {RELAUNCHED}, the guest "
