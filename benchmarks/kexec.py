@@ -59,8 +59,8 @@ def _update(workdir: str, run_id: str, target: str, boot_restore: bool) -> Dict[
     env.update({"ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True"})
     env.pop("ANSIBLE_REMOTE_TEMP")  # a path of this machine; the L1 host uses its own default
     with open(log, "w", encoding="utf-8") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, check=False,
-                              timeout=1800)
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                              cwd=workdir, check=False, timeout=1800)
     if done.returncode != 0:
         with open(log, encoding="utf-8", errors="replace") as handle:
             raise BenchError(f"the rolling run {run_id} failed (exit {done.returncode}): {handle.read()[-1500:]}")

@@ -127,16 +127,18 @@ class Lab:
     def play(self, run_id, *extra, timeout=1200):
         path = self.log_path()
         with open(path, "w", encoding="utf-8") as log:
-            done = subprocess.run(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(path),
-                                  cwd=self.workdir, timeout=timeout, check=False)
+            done = subprocess.run(self.command(run_id, *extra), stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, env=self.env(path), cwd=self.workdir, timeout=timeout,
+                                  check=False)
         with open(path, encoding="utf-8") as log:
             return done.returncode, log.read()
 
     def start(self, run_id, *extra):
         path = self.log_path()
         log = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-        return subprocess.Popen(self.command(run_id, *extra), stdout=log, stderr=subprocess.STDOUT, env=self.env(path),
-                                cwd=self.workdir, start_new_session=True)
+        # stdin from /dev/null: an inherited one that an ssh made non-blocking makes ansible-playbook refuse to start.
+        return subprocess.Popen(self.command(run_id, *extra), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=self.env(path), cwd=self.workdir, start_new_session=True)
 
     def report(self, run_id):
         with open(os.path.join(self.reports, f"rolling-kernel-update-{run_id}.json"), encoding="utf-8") as handle:
