@@ -527,8 +527,9 @@ def test_a_host_whose_vms_cannot_be_saved_fails_untouched_and_stops_the_rollout(
     # Room for the preflight (its VM needs 64 MiB of device-state margin), then filled by a pre_tasks hook.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96M,mode=0700", "tmpfs", state_dir], check=True)
     try:
+        # The save's own refusal is the point: a transfer (method none's default) writes no state file.
         code, output, recap = fleet.play(
-            "-e", "kernel_update_force=true",
+            "-e", "kernel_update_force=true", "-e", "kernel_update_qemu_update=separate",
             "-e", json.dumps({"kernel_update_pre_tasks": [os.path.join(HOOKS, "fill.yml")]}),
             "-e", "rolling_test_fill_host=hv2", "-e", "rolling_test_fill_size=64M")
     finally:

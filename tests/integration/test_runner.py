@@ -198,7 +198,9 @@ def test_a_job_template_runs_the_rolling_update_through_ansible_runner(awx_job_d
         "kernel_update_reboot_method": "none",   # multiple choice
         "kernel_update_timeout": 60,             # integer
     }
-    template_extra_vars = {"kernel_update_force": True}
+    # The save and the restore as tasks of their own, whose events this test reads (method none would otherwise
+    # give each VM its new QEMU in one qemu_update call).
+    template_extra_vars = {"kernel_update_force": True, "kernel_update_qemu_update": "separate"}
     write_private_data_dir(pdd, workdir, {**AWX_META_VARS, **template_extra_vars, **survey})
 
     # A job template of job type "check" first: AWX adds --check. Nothing may change.

@@ -248,6 +248,8 @@ class LibvirtLab:
     <initrd>{self.guest_dir / 'initrd.img'}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>
+  <!-- Without <acpi/> libvirt passes acpi=off, and the guest then spins a core instead of idling. -->
+  <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model><feature policy='require' name='rdrand'/></cpu>
   <on_reboot>destroy</on_reboot>
   <devices>
