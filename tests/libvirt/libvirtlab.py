@@ -281,8 +281,17 @@ class LibvirtLab:
             dom = self.conn.lookupByName(name)
         except libvirt.libvirtError:
             return
-        if dom.isActive():
-            dom.destroy()
+        # libvirt gives a SIGKILLed QEMU a few seconds to go; freeing a guest's RAM on a busy machine can take longer
+        # (destroy then fails with EBUSY while the process is still dying): ask again.
+        for attempt in range(6):
+            if not dom.isActive():
+                break
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if attempt == 5:
+                    raise
+                time.sleep(2)
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
     def state(self, name: str) -> str:
