@@ -8,10 +8,11 @@
 # After the set-up, two streams run at once, one on each of the two cores:
 #   lab   boots one L1 test hypervisor of the kexec lab (tests/kexec/lab.py), runs the
 #         fault campaign's kexec-lab rows on it (tests/kexec/test_kexec_faults.py), then
-#         the kexec-ci scenario on the same host (one L1 boot for both), then takes it down;
+#         the kexec-ci scenario on the same host (one L1 boot for both), takes it down, then runs
+#         the libvirt tests (tests/libvirt, a real libvirt daemon) on the core it frees;
 #         its output goes to tests/output/test-run/lab.log, printed when it is over.
-#   main  pytest (everything else), molecule default, sanity, lint, ecosystem.
-# Then the fault campaign's two parts are printed as one table (tests/output/faults.json).
+#   main  pytest (everything else but tests/libvirt), molecule default, sanity, lint, ecosystem.
+# Then the fault campaign's three parts are printed as one table (tests/output/faults.json).
 #
 # The fast tier a developer runs before every commit is scripts/test.sh --fast: the unit
 # tests and the engine's real-QEMU tests (tests/unit tests/qemu tests/faults), nothing else.
@@ -126,6 +127,11 @@ lab_stream() {
     # A real kernel update: the host kexecs from the older Debian kernel into the newer one over
     # SSH and its guests come back as they were (docs/kexec-scenario.md has the full scenarios).
     step lab "molecule: kexec-ci scenario (real kexec, same L1 host)" tests/kexec/run-molecule.sh kexec-ci || status=1
+    # The L1 host is done with: its core goes to the real libvirt daemon's tests, which would otherwise make
+    # the main stream the longer one by their whole length.
+    "$VENV/bin/python" tests/kexec/lab.py down --workdir "$LAB" --keep >/dev/null 2>&1 || true
+    step lab "pytest: libvirt hosts (a real libvirt daemon)" run_pytest libvirt isolated --durations=5 tests/libvirt \
+        || status=1
     return "$status"
 }
 lab_down() {
@@ -144,7 +150,7 @@ echo "kexec lab stream started (pid $lab_pid, L1 host in $LAB, output in $OUT/la
 # ------------------------------------------------------------------------------ main stream
 status=0
 step main "pytest: unit, real QEMU, playbooks, fault campaign (engine and role rows)" \
-    run_pytest main isolated --durations=15 tests || status=1
+    run_pytest main isolated --durations=15 --ignore=tests/libvirt tests || status=1
 step main "molecule: default scenario" env PATH="$VENV/bin:$PATH" "$VENV/bin/molecule" test -s default || status=1
 step main "ansible-test sanity" tests/sanity.sh || status=1
 step main "ansible-lint and yamllint" tests/lint.sh || status=1
@@ -161,6 +167,7 @@ lab_down
 cat "$OUT/lab.log"
 
 step - "fault campaign: the whole table" "$VENV/bin/python" tests/fault_table.py \
-    "$OUT/faults-main.json" "$OUT/faults-kexec.json" --out tests/output/faults.json || status=1
+    "$OUT/faults-main.json" "$OUT/faults-kexec.json" "$OUT/faults-libvirt.json" --out tests/output/faults.json \
+    || status=1
 report_times
 exit "$status"
