@@ -283,13 +283,12 @@ class LibvirtLab:
             return
         # libvirt gives a SIGKILLed QEMU a few seconds to go; freeing a guest's RAM on a busy machine can take longer
         # (destroy then fails with EBUSY while the process is still dying): ask again.
-        for attempt in range(6):
-            if not dom.isActive():
-                break
+        deadline = time.monotonic() + 180
+        while dom.isActive():
             try:
                 dom.destroy()
             except libvirt.libvirtError:
-                if attempt == 5:
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
