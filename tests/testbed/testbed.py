@@ -252,9 +252,13 @@ def in_realtime(target: Any, *args: Any) -> Any:
     An injector that polls for an event (the state file appears, the new QEMU listens) and must act before
     QEMU's next step would, on a loaded machine, often be scheduled too late: QEMU writes a state file in
     a fraction of a second. At real-time priority it runs the moment its poll finds the event.
+
+    What the injector starts (a daemon started again, a QEMU) runs at normal priority: a TCG guest or a
+    libvirtd that inherited SCHED_FIFO would starve the machine, and its QEMUs with it.
     """
     with contextlib.suppress(OSError):
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # 0: the calling thread, on Linux
+        # 0: the calling thread, on Linux
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
     return target(*args)
 
 
