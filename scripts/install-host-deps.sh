@@ -41,9 +41,10 @@ fi
 apt-get update -qq
 apt-get install -y -qq "${apt_target[@]}" "${packages[@]}" >/dev/null
 # binutils (as, ld), iproute2 and e2fsprogs: the kexec scenario's L1 image
-# (tests/kexec/build-l1.sh) and its hosts, which run this machine's userland.
+# (tests/kexec/build-l1.sh) and its hosts, which run this machine's userland. tini: the PID 1 of the tests'
+# own PID namespace (scripts/test.sh), reaping the processes orphaned there.
 apt-get install -y -qq kexec-tools busybox-static cpio gzip kmod xz-utils zstd python3-venv \
-    openssh-client rsync shellcheck binutils iproute2 e2fsprogs pkg-config gcc python3-dev >/dev/null
+    openssh-client rsync shellcheck binutils iproute2 e2fsprogs pkg-config gcc python3-dev tini >/dev/null
 # The rolling playbook's tests (tests/integration/test_rollout.py): a real Prometheus for the alert gate, a real
 # browser (headless Chromium) that renders the HTML report and takes its screenshot, and a font for it; and
 # for the unit tests of host_status's reboot_required, the RHEL family's real `dnf needs-restarting -r`, with rpm

@@ -83,12 +83,14 @@ report_times() {
 # sees and refuses a name two of them have; other test runs on this machine (other checkouts, other
 # engineers) boot VMs of the same names, and in there they are not seen. Every process the tests
 # leave behind ends with it, too. Not for the kexec-lab rows: their L1 host runs outside.
+# tini is the namespace's PID 1 and reaps what is orphaned there (a libvirt domain's QEMU, a QEMU a module
+# started): with pytest as PID 1 a killed one stayed a zombie, and libvirt's destroy failed with EBUSY on it.
 # shellcheck disable=SC2317
 run_pytest() {
     local part=$1 wrap=()
     shift
     if [ "${1:-}" = isolated ]; then
-        wrap=(unshare --pid --fork --mount-proc)
+        wrap=(unshare --pid --fork --mount-proc tini -g --)
         shift
     fi
     HYPERVISOR_CPR_CAMPAIGN_OUT=$OUT/faults-$part.json "${wrap[@]}" "$VENV/bin/pytest" -q -ra "$@"
@@ -117,6 +119,17 @@ fi
 
 # ------------------------------------------------------------------------------ lab stream
 LAB=$(mktemp -d /tmp/kexec-lab-XXXXXX)
+LAB_DEADLINE=${HYPERVISOR_CPR_LAB_DEADLINE:-70}
+
+# kill_tree PID: SIGKILL PID and every process below it (each stopped first, so that none starts another meanwhile).
+kill_tree() {
+    local child
+    kill -STOP "$1" 2>/dev/null || true
+    for child in $(ps -o pid= --ppid "$1"); do
+        kill_tree "$child"
+    done
+    kill -KILL "$1" 2>/dev/null || true
+}
 lab_stream() {
     local status=0
     export HYPERVISOR_CPR_KEXEC_FAULTS=1 HYPERVISOR_CPR_KEXEC_LAB=$LAB KEXEC_LAB_DIR=$LAB KEXEC_LAB_KEEP=1
@@ -162,6 +175,17 @@ step main "ecosystem: units, antsibull-docs, ansible-doc, release build, ansible
 
 echo
 echo "=== waiting for the kexec lab stream ==="
+# A hung lab step must not take the whole run past CI's cut with nothing printed: at LAB_DEADLINE minutes
+# into the run the stream and everything it started are ended, and its log says how far it got.
+until ! kill -0 "$lab_pid" 2>/dev/null || [ $(($(date +%s) - RUN_START)) -ge $((LAB_DEADLINE * 60)) ]; do
+    sleep 5
+done
+if kill -0 "$lab_pid" 2>/dev/null; then
+    echo "=== the kexec lab stream is still running after $LAB_DEADLINE minutes: ended, see its log below ===" >&2
+    kill_tree "$lab_pid"
+    printf 'lab\t%s\t%d\t%d\t0\t124\n' "stream ended at the $LAB_DEADLINE-minute deadline" \
+        $((LAB_DEADLINE * 60)) 0 >> "$STEPS"
+fi
 wait "$lab_pid" || status=1
 lab_down
 cat "$OUT/lab.log"
