@@ -24,6 +24,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_restore im
     restore,
 )
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_save import (
+    IMAGE_MARGIN,
     LibvirtSaveOptions,
     save,
 )
@@ -195,24 +196,27 @@ def test_fault_daemon_restarted_during_the_saves(lab, state_dir, campaign, sig):
 def test_fault_disk_full_during_a_managed_save(lab, state_dir, campaign):
     web, db = _names(lab)
     before = _memory(lab, [web, db])
-    filler = lab.save_dir / "filler"
+    ballast, filler = lab.save_dir / "ballast", lab.save_dir / "filler"
 
-    def fill():
+    def fill(path, leave=1 << 20):
         free = os.statvfs(lab.save_dir)
-        with open(filler, "wb") as handle:
+        with open(path, "wb") as handle:
             try:
-                os.posix_fallocate(handle.fileno(), 0, free.f_bavail * free.f_frsize - (1 << 20))
+                os.posix_fallocate(handle.fileno(), 0, free.f_bavail * free.f_frsize - leave)
             except OSError as error:
                 # libvirt's writes took the space between statvfs and fallocate: the disk is full all the same.
                 if error.errno != errno.ENOSPC:
                     raise
 
     # Filled once the checks passed: the moment libvirt creates the first image, before QEMU wrote most of it.
-    # libvirt may still win that race (both images written before the filler); then both are restored and it is
-    # tried again.
+    # Most of the room is taken beforehand (the checks still pass), so that the filler is quick: a saved domain
+    # of this size takes a fraction of a second. libvirt may still win the race (both images written before the
+    # filler); then both are restored and it is tried again.
+    needed = 2 * (lab.domain(web).maxMemory() * 1024 + IMAGE_MARGIN)
     message = None
     for _attempt in range(3):
-        thread = _when_image_appears(lab, web, fill)
+        fill(ballast, leave=needed + (16 << 20))
+        thread = _when_image_appears(lab, web, lambda: fill(filler))
         try:
             save([web, db], state_dir, _options(lab))
         except CprError as failure:
@@ -220,6 +224,7 @@ def test_fault_disk_full_during_a_managed_save(lab, state_dir, campaign):
         finally:
             thread.join()
             filler.unlink(missing_ok=True)
+            ballast.unlink(missing_ok=True)
         if message is not None:
             break
         restore(state_dir, lab.uri, timeout=120)
