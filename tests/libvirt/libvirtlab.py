@@ -281,16 +281,8 @@ class LibvirtLab:
             dom = self.conn.lookupByName(name)
         except libvirt.libvirtError:
             return
-        # libvirt gives a SIGKILLed QEMU a few seconds to go; freeing a guest's RAM on a busy machine can take longer
-        # (destroy then fails with EBUSY while the process is still dying): ask again.
-        deadline = time.monotonic() + 180
-        while dom.isActive():
-            try:
-                dom.destroy()
-            except libvirt.libvirtError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
+        if dom.isActive():
+            dom.destroy()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
     def state(self, name: str) -> str:
