@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -120,6 +121,8 @@ class Libvirt:
         self.module = import_libvirt()
         self._conn: Any = None
         self._root: Optional[str] = None
+        # Domains are saved from several threads at once: one of them opens the connection again for all.
+        self._reconnecting = threading.Lock()
 
     def local(self, path: str) -> str:
         """A path of the daemon's (an image) as this process reaches it: the same unless the daemon runs in a
@@ -139,19 +142,30 @@ class Libvirt:
                     hint="start libvirt's daemon (libvirtd or virtqemud), or give its URI in uri") from None
         return self._conn
 
+    def alive(self) -> bool:
+        """Whether the connection still reaches a daemon (False once the daemon ended or restarted)."""
+        try:
+            return self._conn is not None and self._conn.isAlive() == 1
+        except self.module.libvirtError:
+            return False
+
     def reconnect(self, timeout: float) -> None:
-        """Open the connection again, waiting up to timeout seconds for the daemon to answer."""
-        self._conn, self._root = None, None
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.conn.getLibVersion()
+        """Open the connection again unless it is alive (another thread opened it again already), waiting up to
+        timeout seconds for the daemon to answer."""
+        with self._reconnecting:
+            if self.alive():
                 return
-            except ConnectionFailedError:
-                self._conn = None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+            self._conn, self._root = None, None
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    self.conn.getLibVersion()
+                    return
+                except ConnectionFailedError:
+                    self._conn = None
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -188,6 +202,14 @@ class Libvirt:
     def domains(self) -> List["Domain"]:
         """Every domain libvirt knows (running or not), sorted by name."""
         return sorted((domain_facts(self, dom) for dom in self.conn.listAllDomains(0)), key=lambda d: d.name)
+
+    def monitor(self, name: str, what: str, command: str, **arguments: Any) -> Any:
+        """One QMP command to the domain's QEMU through libvirt (libvirt marks the domain tainted: custom-monitor)."""
+        import libvirt_qemu  # pylint: disable=import-outside-toplevel
+
+        request = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+        reply = self.call(name, what, lambda: libvirt_qemu.qemuMonitorCommand(self.domain(name), request, 0))
+        return json.loads(reply).get("return")
 
     def agent_answers(self, name: str, timeout: int = 5) -> Optional[str]:
         """None when the domain's guest agent answers a guest-ping through libvirt, else why it does not."""

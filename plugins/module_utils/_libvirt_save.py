@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
+    CommandFailedError,
     CprError,
     NotReadyError,
     raise_failures,
@@ -189,16 +190,30 @@ def _save_one(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float) 
 
 def _after_failed_save(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float, error: CprError) -> None:
     """A save call failed (libvirt's words, a daemon that went away): find out how the domain is; a save that
-    completed all the same counts, else the domain is put back as it was and the error raised."""
-    lv.reconnect(timeout)
+    completed all the same counts, else the domain is put back as it was and the error raised. A daemon that
+    goes away again meanwhile (a restart that stops it only now) is waited for, and the domain looked at again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lv.reconnect(max(0.0, deadline - time.monotonic()))
+        try:
+            if _completed_or_put_back(lv, record):
+                return
+            break
+        except (CprError, lv.module.libvirtError):
+            if lv.alive() or time.monotonic() > deadline:
+                raise
+    remove_record(state_dir, record.name)
+    raise error
+
+
+def _completed_or_put_back(lv: Libvirt, record: Record) -> bool:
+    """True when the failed save completed all the same; else the domain is put back as it was (each step may be
+    done again: a daemon may go away between two of them)."""
     dom = lv.domain(record.name)
     image = read_image(lv.local(record.image))
     if not dom.isActive() and image.complete:
-        return
-    state = STATES.get(dom.state()[0])
+        return True
     if dom.isActive():
-        if state == "paused" and record.runstate_before == "running":
-            lv.call(record.name, "resume it after the failed save", dom.resume)
         if image.exists:
             # An incomplete image of a running domain: libvirt would take it for a saved state at the next start.
             lv.call(record.name, "remove the incomplete image of the failed save", lambda: dom.managedSaveRemove(0))
@@ -206,10 +221,35 @@ def _after_failed_save(lv: Libvirt, state_dir: StateDir, record: Record, timeout
                 # A daemon killed mid-save forgets the image it was writing, and leaves the partial file behind.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lv.local(record.image))
+        _drop_the_interrupted_saves_file(lv, record.name)
+        if record.runstate_before == "running":
+            _resume(lv, record.name, dom)
     if record.autostart_before:
         lv.call(record.name, "turn its autostart on again", lambda: dom.setAutostart(1))
-    remove_record(state_dir, record.name)
-    raise error
+    return False
+
+
+def _drop_the_interrupted_saves_file(lv: Libvirt, name: str) -> None:
+    """A daemon that went away during a save leaves the image's file descriptor in QEMU (an fdset, opaque
+    libvirt-outgoing-migrate-fd), and the daemon started again does not know it: libvirt 11.3's next save of the
+    domain then has QEMU write into that old file, marks the new, empty image complete and ends QEMU, and the
+    guest's state is gone. So QEMU is told to close it (libvirt marks the domain tainted: custom-monitor)."""
+    for fdset in lv.monitor(name, "list QEMU's file descriptor sets", "query-fdsets") or []:
+        if any(fd.get("opaque") == "libvirt-outgoing-migrate-fd" for fd in fdset.get("fds", [])):
+            lv.monitor(name, "close the interrupted save's file in QEMU", "remove-fd", **{"fdset-id": fdset["fdset-id"]})
+
+
+def _resume(lv: Libvirt, name: str, dom: Any) -> None:
+    """Resume a domain the failed save left paused. A daemon started again during the save resumes it on its
+    own, perhaps just as we do: a resume refused because the domain already runs is no failure."""
+    if STATES.get(dom.state()[0]) != "paused":
+        return
+    try:
+        dom.resume()
+    except lv.module.libvirtError as exc:
+        if STATES.get(dom.state()[0]) != "running":
+            raise CommandFailedError(f"libvirt failed to resume it after the failed save: {exc.get_error_message()}",
+                                     name) from None
 
 
 async def _undo(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float) -> None:

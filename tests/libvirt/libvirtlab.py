@@ -281,8 +281,11 @@ class LibvirtLab:
             dom = self.conn.lookupByName(name)
         except libvirt.libvirtError:
             return
-        if dom.isActive():
+        try:
             dom.destroy()
+        except libvirt.libvirtError:
+            if dom.isActive():
+                raise
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 
     def state(self, name: str) -> str:
