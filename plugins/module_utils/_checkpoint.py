@@ -35,7 +35,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._guest import runst
 from ansible_collections.hypervisor.cpr.plugins.module_utils._host import boot_id, process_identity, systemd_runs_host
 from ansible_collections.hypervisor.cpr.plugins.module_utils._incoming import Launcher, bring_back, settle
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import HOW_QEMU_DIED, Manifest
-from ansible_collections.hypervisor.cpr.plugins.module_utils._process import Command, alive, quit_qemu, stop_record
+from ansible_collections.hypervisor.cpr.plugins.module_utils._process import Command, quit_qemu, stop_record, wait_exit
 from ansible_collections.hypervisor.cpr.plugins.module_utils._qmp import CONNECT_TIMEOUT, QmpSession, open_qmp
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 from ansible_collections.hypervisor.cpr.plugins.module_utils._units import Hold, hold, holdable, release
@@ -43,6 +43,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._units import Hold,
 SUSPEND_CHOICES = ("vfio", "all", "none")
 # A guest asked to suspend may still get there after we gave up waiting.
 SUSPEND_SETTLE_SECONDS = 3.0
+# A QEMU killed mid-save closes its QMP socket a moment before it has ended; on a loaded host that moment is long.
+EXIT_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ async def _undo(session: QmpSession, checkpoint: _Checkpoint, state_dir: StateDi
             await asyncio.to_thread(release, [checkpoint.held_unit])
     except CprError as exc:
         checkpoint.undo_error = str(exc)
-        if _died_unsaved(checkpoint, state_dir):
+        if await _died_unsaved(checkpoint, state_dir):
             await asyncio.to_thread(_record_for_a_fresh_start, checkpoint, state_dir)
 
 
@@ -321,9 +323,9 @@ async def _resume(session: QmpSession, checkpoint: _Checkpoint, state_dir: State
     await asyncio.to_thread(state_dir.remove_saved, checkpoint.name)
 
 
-def _died_unsaved(checkpoint: _Checkpoint, state_dir: StateDir) -> bool:
+async def _died_unsaved(checkpoint: _Checkpoint, state_dir: StateDir) -> bool:
     pid = checkpoint.facts.pid
-    return bool(pid) and not alive(pid or 0) and not state_dir.has_manifest(checkpoint.name)
+    return bool(pid) and await wait_exit(pid or 0, EXIT_GRACE_SECONDS) and not state_dir.has_manifest(checkpoint.name)
 
 
 def _record_for_a_fresh_start(checkpoint: _Checkpoint, state_dir: StateDir) -> None:
