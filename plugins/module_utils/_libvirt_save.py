@@ -245,11 +245,10 @@ def _resume(lv: Libvirt, name: str, dom: Any) -> None:
     if STATES.get(dom.state()[0]) != "paused":
         return
     try:
-        dom.resume()
-    except lv.module.libvirtError as exc:
+        lv.call(name, "resume it after the failed save", dom.resume)
+    except CommandFailedError:
         if STATES.get(dom.state()[0]) != "running":
-            raise CommandFailedError(f"libvirt failed to resume it after the failed save: {exc.get_error_message()}",
-                                     name) from None
+            raise
 
 
 async def _undo(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float) -> None:
