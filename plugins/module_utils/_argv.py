@@ -100,6 +100,16 @@ def iter_options(argv: List[str]) -> Iterator[Tuple[int, str, Optional[str]]]:
             index += 2
 
 
+def stays_after_power_off(argv: List[str]) -> bool:
+    """Whether QEMU stays, in the shutdown runstate, once its guest powered off, instead of exiting.
+
+    -no-shutdown does that (libvirt starts every QEMU so), and -action shutdown=pause.
+    """
+    return any(option == "no-shutdown" or (option == "action" and value is not None
+                                           and parse_opts(value).get("shutdown") == "pause")
+               for _index, option, value in iter_options(argv))
+
+
 def _legacy_unix_path(spec: str) -> Optional[str]:
     """The socket path of a legacy chardev spec such as ``unix:/run/vm.qmp,server=on,wait=off``."""
     if not spec.startswith("unix:"):

@@ -19,8 +19,9 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import stays_after_power_off
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
@@ -52,6 +53,9 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._select import Sele
 from ansible_collections.hypervisor.cpr.plugins.module_utils._run_lock import check_run
 from ansible_collections.hypervisor.cpr.plugins.module_utils._state_dir import StateDir
 from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_timeout, poll
+
+if TYPE_CHECKING:
+    from qemu.qmp import EventListener
 
 # How a guest is asked to power off: through its agent when it answers, else the ACPI power button.
 HOW_AGENT = "guest-shutdown"
@@ -137,6 +141,8 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(open_qmp(facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT))
+            # Listened for before the guest is asked, so the event cannot come first.
+            powered_off = session.listen("SHUTDOWN")
             request = None
             if how == HOW_AGENT and facts.qga_socket:
                 agent = await stack.enter_async_context(open_agent(facts.qga_socket, vm=name, timeout=CONNECT_TIMEOUT))
@@ -145,7 +151,8 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
                 stack.push_async_callback(forget_request, request)
             else:
                 await session.execute("system_powerdown")
-            await _wait_power_off(session, session.pid or facts.pid, request, how, timeout)
+            await _wait_power_off(session, session.pid or facts.pid, powered_off, stays_after_power_off(facts.argv),
+                                  request, how, timeout)
     except BaseException:
         # The guest still runs: a record would have a later start launch a second QEMU beside it.
         if facts.pid and os.path.exists(f"/proc/{facts.pid}"):
@@ -154,9 +161,13 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
     return PowerResult(name, True, how, time.monotonic() - started)
 
 
-async def _wait_power_off(session: QmpSession, pid: Optional[int], request: "Optional[asyncio.Future[Any]]",
-                          how: str, timeout: float) -> None:
-    """Wait until QEMU has exited; one started with -no-shutdown waits in "shutdown" instead: then quit it."""
+async def _wait_power_off(session: QmpSession, pid: Optional[int], powered_off: "EventListener", stays: bool,
+                          request: "Optional[asyncio.Future[Any]]", how: str, timeout: float) -> None:
+    """Wait until QEMU has exited; one that stays once its guest powered off (-no-shutdown) is told to quit.
+
+    No command goes to a QEMU that may be exiting: QEMU 10.0 can hang for good in its exit when a QMP command
+    arrives then (in monitor_cleanup). The guest's power-off is seen in QEMU's SHUTDOWN event instead.
+    """
     name = session.vm
 
     async def off() -> Optional[bool]:
@@ -164,14 +175,21 @@ async def _wait_power_off(session: QmpSession, pid: Optional[int], request: "Opt
             return True
         if request is not None and request.done():
             _raise_if_refused(request, name)
-        if await _runstate_or_none(session) != "shutdown":
+        if not stays or powered_off.empty():
             return None
         await quit_qemu(session, pid, timeout)
         return True
 
-    await poll(off, timeout, lambda: NotAnsweringError(
-        f"the guest did not power off within {timeout:g} s after {how}; it is left running", name,
-        hint=f"check that the guest handles {_REQUEST_HANDLER[how]}, raise the timeout, or stop it yourself"))
+    def late() -> CprError:
+        if powered_off.empty():
+            return NotAnsweringError(
+                f"the guest did not power off within {timeout:g} s after {how}; it is left running", name,
+                hint=f"check that the guest handles {_REQUEST_HANDLER[how]}, raise the timeout, or stop it yourself")
+        return NotAnsweringError(
+            f"the guest powered off, but its QEMU (pid {pid}) did not exit within {timeout:g} s", name,
+            hint="QEMU hangs in its exit or was told to stay (set-action); check it, then end it yourself")
+
+    await poll(off, timeout, late)
 
 
 def _raise_if_refused(request: "asyncio.Future[Any]", name: str) -> None:
@@ -181,13 +199,6 @@ def _raise_if_refused(request: "asyncio.Future[Any]", name: str) -> None:
     if failure is not None and hasattr(failure, "error_class"):
         raise CommandFailedError(f"the guest agent refused guest-shutdown: {failure}", name,
                                  hint="the guest is left running")
-
-
-async def _runstate_or_none(session: QmpSession) -> Optional[str]:
-    try:
-        return (await session.execute("query-status")).get("status")
-    except CprError:
-        return None
 
 
 def _report(unchanged: List[PowerResult], results: List[Any], planned: List[str], what: str) -> Dict[str, Any]:

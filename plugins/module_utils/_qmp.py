@@ -32,7 +32,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
 from ansible_collections.hypervisor.cpr.plugins.module_utils._socket import connect_unix, peer_pid, resume_hint
 
 try:
-    from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
+    from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
 
     QEMU_QMP_IMPORT_ERROR: Optional[str] = None
 except ImportError:
@@ -90,6 +90,12 @@ class _Session:
 
 class QmpSession(_Session):
     """A QMP monitor connection to one QEMU."""
+
+    def listen(self, *names: str) -> "EventListener":
+        """Collect these events from now on, for as long as the session is open (read with empty() and get())."""
+        listener = EventListener(names)
+        self.client.register_listener(listener)
+        return listener
 
 
 class AgentSession(_Session):

@@ -11,6 +11,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._argv import (
     read_args,
     redact,
     restore_argv,
+    stays_after_power_off,
 )
 
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -115,3 +116,17 @@ def test_fresh_start_drops_incoming_and_start_paused(recorded, fresh):
 ])
 def test_restore_pins_the_machine_once_and_waits_for_the_state(recorded, machine_type, restored):
     assert restore_argv(recorded, machine_type) == restored
+
+
+@pytest.mark.parametrize("options, stays", [
+    ([], False),
+    (["-no-shutdown"], True),
+    (["-action", "shutdown=pause"], True),
+    (["-action", "reboot=shutdown,shutdown=pause"], True),
+    (["-action", "shutdown=poweroff"], False),
+    (["-action", "reboot=shutdown"], False),
+    # A value that mentions it is not the option.
+    (["-name", "no-shutdown"], False),
+])
+def test_qemu_stays_after_its_guest_powered_off_only_when_told(options, stays):
+    assert stays_after_power_off(RECORDED + options) is stays
