@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _migration as migration
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checksum import AppendedFileHasher
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
     CprError,
@@ -248,8 +249,12 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
     # Written before the VM stops (a thread, so that the VMs' fsyncs overlap); it gets the real paused_at later.
     await asyncio.to_thread(state_dir.write_manifest, manifest, True)
     uri = checkpoint.uri = await migration.hand_over(session, state_dir.open_state(facts.name, write=True))
-    # A copy of guest RAM is written to disk while QEMU writes it, not only by the fsync after it.
-    flusher = None if manifest.ram_in_place else state_dir.flusher(facts.name)
+    # A copy of guest RAM is written to disk while QEMU writes it, not only by the fsync after it, and a plain
+    # stream, which QEMU only appends to, hashed as it grows (mapped-ram writes pages at fixed offsets).
+    flusher = None
+    if not manifest.ram_in_place:
+        appended = None if checkpoint.settings[0].get("mapped-ram") else (facts.cpr.ram_copy_bytes if facts.cpr else 0)
+        flusher = state_dir.flusher(facts.name, appended)
     try:
         await vm_round.ready_to_stop(facts.name)
         started = time.monotonic()
@@ -264,15 +269,17 @@ async def _stop_and_save(session: QmpSession, checkpoint: _Checkpoint, vm_round:
     state = await runstate(session)
     if state != "postmigrate":
         raise CommandFailedError(f"after the save the VM is {state}, not postmigrate", facts.name)
-    await asyncio.to_thread(seal, state_dir, manifest, started)
+    await asyncio.to_thread(seal, state_dir, manifest, started, flusher.hasher if flusher else None)
 
 
-def seal(state_dir: StateDir, manifest: Manifest, started: Optional[float]) -> None:
+def seal(state_dir: StateDir, manifest: Manifest, started: Optional[float],
+         hashed: Optional[AppendedFileHasher] = None) -> None:
     """fsync and checksum a complete state file, then turn the .saving record into the manifest.
 
-    started (monotonic) is when QEMU was told to migrate; None when an earlier run did that.
+    started (monotonic) is when QEMU was told to migrate; None when an earlier run did that. hashed holds the
+    chunks hashed while QEMU wrote the file, if any.
     """
-    state_dir.seal(manifest)
+    state_dir.seal(manifest, hashed)
     manifest.saved_at = time.time()
     if started is not None:
         manifest.save_seconds = time.monotonic() - started

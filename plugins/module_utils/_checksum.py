@@ -7,8 +7,10 @@
 """A state file's checksum: one SHA-256 per fixed-size chunk, computed by several threads at once.
 
 One SHA-256 over a whole file runs on one core, slower than a disk reads or
-writes. Per chunk, a save hashes the complete file from the page cache on every
-core while it is flushed to disk, and a restore while QEMU loads it. A chunk
+writes. Per chunk, a restore hashes the file on every core while QEMU loads it,
+and a save while it is flushed to disk; a plain-stream save, whose file QEMU
+only appends to, hashes each chunk as soon as QEMU has written past it
+(AppendedFileHasher), so that only the last chunks are left once QEMU is done. A chunk
 that is a hole in the file (mapped-ram state files are sparse) is not read: its
 digest is that of as many zero bytes, which it holds, so a copy of the file that
 filled the holes still matches.
@@ -21,6 +23,7 @@ import errno
 import functools
 import hashlib
 import os
+import threading
 from typing import List, Optional, Tuple
 
 # The smallest chunk, doubled for big files so that a manifest lists at most MAX_CHUNKS digests.
@@ -46,13 +49,41 @@ def spans(size: int, chunk: int) -> List[Span]:
     return [(offset, min(chunk, size - offset)) for offset in range(0, size, chunk)]
 
 
-def digests(descriptor: int, size: int, chunk: int) -> List[str]:
-    """The SHA-256 (hex) of each chunk of the first size bytes of an open file, by several threads."""
-    parts = spans(size, chunk)
+def digests(descriptor: int, size: int, chunk: int, first: int = 0) -> List[str]:
+    """The SHA-256 (hex) of each chunk of the first size bytes of an open file, from chunk first on, by several threads."""
+    parts = spans(size, chunk)[first:]
     if len(parts) <= 1:
         return [_digest(descriptor, part) for part in parts]
     with concurrent.futures.ThreadPoolExecutor(min(THREADS, len(parts))) as pool:
         return list(pool.map(functools.partial(_digest, descriptor), parts))
+
+
+class AppendedFileHasher:
+    """Hashes the chunks of a file that is only ever appended to, each once the file has grown past its end.
+
+    A thread calls advance() while the file grows; finish() hashes what is left once it is complete. A chunk
+    below the file's size is final only because nothing writes before the end of the file: that holds for
+    QEMU's plain migration stream, not for mapped-ram, which writes RAM pages at fixed offsets. The descriptor
+    is our own open file, not the writer's: the check for holes moves its offset.
+    """
+
+    def __init__(self, descriptor: int, chunk: int) -> None:
+        self.chunk = chunk
+        self._descriptor = descriptor
+        self._digests: List[str] = []
+        self._lock = threading.Lock()
+
+    def advance(self) -> None:
+        """Hash every chunk the file has grown past since the last call."""
+        with self._lock:
+            size = os.fstat(self._descriptor).st_size
+            while (len(self._digests) + 1) * self.chunk <= size:
+                self._digests.append(_digest(self._descriptor, (len(self._digests) * self.chunk, self.chunk)))
+
+    def finish(self, descriptor: int, size: int) -> List[str]:
+        """The digests of all chunks of the complete file of size bytes: those hashed already, then the rest."""
+        with self._lock:
+            return self._digests + digests(descriptor, size, self.chunk, first=len(self._digests))
 
 
 def first_mismatch(expected: List[str], actual: List[str]) -> Optional[int]:

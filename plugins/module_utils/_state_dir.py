@@ -126,12 +126,22 @@ class StateDir(Directory):
                                 hint="the VM cannot be saved or restored from it; its manifest is kept for inspection"
                                 ) from None
 
-    def flusher(self, name: str) -> "Flusher":
-        """Write a VM's state file back to disk while QEMU writes it (stop() it once the migration ended)."""
-        return Flusher(self.open_state(name, write=False))
+    def flusher(self, name: str, appended_bytes: Optional[int] = None) -> "Flusher":
+        """Write a VM's state file back to disk while QEMU writes it (stop() it once the migration ended).
 
-    def seal(self, manifest: Manifest) -> None:
-        """fsync a complete state file and put its size and chunk checksums into its manifest (not yet written)."""
+        appended_bytes, for a file QEMU only appends to, is about how big it grows: its chunks are then hashed
+        as QEMU writes past them, in chunks of the size a file of that many bytes gets.
+        """
+        descriptor = self.open_state(name, write=False)
+        hasher = None if appended_bytes is None else checksum.AppendedFileHasher(
+            descriptor, checksum.chunk_bytes(appended_bytes))
+        return Flusher(descriptor, hasher)
+
+    def seal(self, manifest: Manifest, hashed: Optional[checksum.AppendedFileHasher] = None) -> None:
+        """fsync a complete state file and put its size and chunk checksums into its manifest (not yet written).
+
+        hashed holds the chunks hashed while QEMU wrote the file, if any: only the rest are hashed here.
+        """
         descriptor = self.open_state(manifest.name, write=False)
         try:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -139,8 +149,11 @@ class StateDir(Directory):
                 # take as long as the longer one, not their sum.
                 synced = pool.submit(os.fsync, descriptor)
                 size = os.fstat(descriptor).st_size
-                chunk = checksum.chunk_bytes(size)
-                chunks = checksum.digests(descriptor, size, chunk)
+                if hashed is None:
+                    chunk = checksum.chunk_bytes(size)
+                    chunks = checksum.digests(descriptor, size, chunk)
+                else:
+                    chunk, chunks = hashed.chunk, hashed.finish(descriptor, size)
                 synced.result()
         finally:
             os.close(descriptor)

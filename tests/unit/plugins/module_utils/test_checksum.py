@@ -98,3 +98,44 @@ def test_a_file_shorter_than_its_size_is_an_error(tmp_path):
             checksum.digests(descriptor, 200, 4096)
     finally:
         os.close(descriptor)
+
+
+@pytest.mark.parametrize("writes", [
+    [],                                   # QEMU wrote nothing before it was done
+    [10],                                 # less than a chunk
+    [4096, 4096],                         # exactly two chunks, each seen complete
+    [5000, 3 * 4096, 1],                  # chunks completed mid-write, a short last chunk
+    [4 * 4096 + 7],                       # several chunks in one write, seen at once
+])
+def test_chunks_hashed_as_a_file_grows_are_those_of_the_complete_file(tmp_path, writes):
+    path = tmp_path / "state"
+    # QEMU's descriptor and ours, as in a save: a hole check moves the offset of our own only.
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        hasher = checksum.AppendedFileHasher(descriptor, 4096)
+        for length in writes:
+            os.write(writer, os.urandom(length))
+            hasher.advance()
+        os.write(writer, os.urandom(100))  # written after the last look, before QEMU is done
+        assert hasher.finish(descriptor, os.fstat(descriptor).st_size) == _digests(path, 4096)
+    finally:
+        os.close(descriptor)
+        os.close(writer)
+
+
+def test_a_file_hashed_as_it_grew_is_refused_when_bytes_changed_after(tmp_path):
+    # What the hasher relies on: nothing writes below the end. A file changed there afterwards (mapped-ram would)
+    # no longer matches, so such a file is never hashed this way.
+    path = tmp_path / "state"
+    path.write_bytes(os.urandom(3 * 4096))
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        hasher = checksum.AppendedFileHasher(descriptor, 4096)
+        hasher.advance()
+        with open(path, "r+b") as handle:
+            handle.seek(4096 + 1)
+            handle.write(b"\xff" * 8)
+        assert checksum.first_mismatch(hasher.finish(descriptor, 3 * 4096), _digests(path, 4096)) == 1
+    finally:
+        os.close(descriptor)
