@@ -73,11 +73,15 @@ class AppendedFileHasher:
         self._digests: List[str] = []
         self._lock = threading.Lock()
 
-    def advance(self) -> None:
-        """Hash every chunk the file has grown past since the last call."""
+    def advance(self, stop: Optional[threading.Event] = None) -> None:
+        """Hash every chunk the file has grown past since the last call, or until stop is set.
+
+        Once the writer is done, finish() hashes what is left on several threads: a backlog is not worked off
+        here on one.
+        """
         with self._lock:
             size = os.fstat(self._descriptor).st_size
-            while (len(self._digests) + 1) * self.chunk <= size:
+            while (len(self._digests) + 1) * self.chunk <= size and not (stop and stop.is_set()):
                 self._digests.append(_digest(self._descriptor, (len(self._digests) * self.chunk, self.chunk)))
 
     def finish(self, descriptor: int, size: int) -> List[str]:

@@ -52,7 +52,7 @@ class Flusher:
     def _hash(self, hasher: AppendedFileHasher) -> None:
         with contextlib.suppress(OSError):
             while not self._stopped.wait(HASH_SECONDS):
-                hasher.advance()
+                hasher.advance(self._stopped)
 
     def stop(self) -> None:
         """Stop (after the fdatasync and chunk in flight, if any) and close the file."""
