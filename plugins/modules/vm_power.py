@@ -16,6 +16,9 @@ description:
   - With O(state=stopped), records in O(state_dir) how each selected VM's QEMU was started (its command line and
     working directory), then asks the guest to power off, through its guest agent (C(guest-shutdown)) when the agent
     answers, else with the ACPI power button (C(system_powerdown)), and waits until QEMU has exited.
+  - While a QEMU may be exiting, nothing is sent to it (QEMU 10.0 can hang in its exit on a command that arrives
+    then); the power-off is seen in QEMU's C(SHUTDOWN) event. A QEMU that stays once its guest powered off
+    (C(-no-shutdown), C(-action shutdown=pause)) is then told to quit.
   - With O(state=started), starts the recorded VMs again with the same command line, waits until QMP answers and,
     when the agent answered before the shutdown, until the guest agent answers, then removes the record. This
     includes VMs that M(hypervisor.cpr.cpr_save) recorded because their QEMU died during the save.
