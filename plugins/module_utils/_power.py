@@ -138,6 +138,7 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
     how = HOW_AGENT if facts.agent.answering and facts.qga_socket else HOW_ACPI
     # Written first: a run that dies while the guest powers off still knows how to start it.
     state_dir.write_stopped(stop_record(facts, bool(facts.agent.answering), how))
+    powered_off: "Optional[EventListener]" = None
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(open_qmp(facts.qmp_socket, vm=name, timeout=CONNECT_TIMEOUT))
@@ -154,8 +155,10 @@ async def _stop_one(facts: VmFacts, state_dir: StateDir, timeout: float) -> Powe
             await _wait_power_off(session, session.pid or facts.pid, powered_off, stays_after_power_off(facts.argv),
                                   request, how, timeout)
     except BaseException:
-        # The guest still runs: a record would have a later start launch a second QEMU beside it.
-        if facts.pid and os.path.exists(f"/proc/{facts.pid}"):
+        # The guest still runs: a record would have a later start launch a second QEMU beside it. A guest that
+        # powered off keeps its record even when its QEMU does not exit: the record is how it starts again.
+        guest_down = powered_off is not None and not powered_off.empty()
+        if facts.pid and os.path.exists(f"/proc/{facts.pid}") and not guest_down:
             state_dir.remove_stopped(name)
         raise
     return PowerResult(name, True, how, time.monotonic() - started)
@@ -187,7 +190,8 @@ async def _wait_power_off(session: QmpSession, pid: Optional[int], powered_off: 
                 hint=f"check that the guest handles {_REQUEST_HANDLER[how]}, raise the timeout, or stop it yourself")
         return NotAnsweringError(
             f"the guest powered off, but its QEMU (pid {pid}) did not exit within {timeout:g} s", name,
-            hint="QEMU hangs in its exit or was told to stay (set-action); check it, then end it yourself")
+            hint="QEMU hangs in its exit or was told to stay (set-action): end it yourself, then state=started "
+                 "starts the VM again from its record")
 
     await poll(off, timeout, late)
 
@@ -250,6 +254,9 @@ async def _start_one(record: StopRecord, state_dir: StateDir, timeout: float, wa
     async with contextlib.AsyncExitStack() as stack:
         session = await wait_for_qmp(launched, state_dir, timeout, stack)
         pid = session.pid
+        if existing and (await session.execute("query-status")).get("status") == "shutdown":
+            raise NotReadyError(f"its QEMU (pid {pid}) is still there, with the guest powered off", record.name,
+                                hint="end that QEMU, then run again: the VM starts from its record, which is kept")
     if wait_for_agent and record.agent_answered and record.qga_socket:
         # The guest boots from scratch: its agent answers once it is up.
         await wait_agent(record.name, record.qga_socket, timeout)

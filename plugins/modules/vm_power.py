@@ -18,7 +18,8 @@ description:
     answers, else with the ACPI power button (C(system_powerdown)), and waits until QEMU has exited.
   - While a QEMU may be exiting, nothing is sent to it (QEMU 10.0 can hang in its exit on a command that arrives
     then); the power-off is seen in QEMU's C(SHUTDOWN) event. A QEMU that stays once its guest powered off
-    (C(-no-shutdown), C(-action shutdown=pause)) is then told to quit.
+    (C(-no-shutdown), C(-action shutdown=pause)) is then told to quit. A QEMU that still does not exit is named,
+    and its VM keeps its record; O(state=started) refuses such a QEMU until it is ended.
   - With O(state=started), starts the recorded VMs again with the same command line, waits until QMP answers and,
     when the agent answered before the shutdown, until the guest agent answers, then removes the record. This
     includes VMs that M(hypervisor.cpr.cpr_save) recorded because their QEMU died during the save.

@@ -52,6 +52,31 @@ def test_shutdown_through_the_agent_and_start_again(vm_dir):
     assert not power_start(state_dir, names=["off1", "off2"])["changed"]
 
 
+def test_a_qemu_that_does_not_exit_after_the_power_off_is_named_and_its_record_kept(vm_dir):
+    vm = testbed.boot_vms(vm_dir, names=["stay1"])[0]
+    argv, marker = vm.argv, vm.marker()
+    # Told at run time, so its command line does not say it: like a QEMU hung in its exit, it is still there.
+    vm.qmp("set-action", shutdown="pause")
+    state_dir = os.path.join(vm_dir, "state")
+    with pytest.raises(CprError, match=rf"VM stay1: the guest powered off, but its QEMU \(pid {vm.pid}\) did not "
+                                       r"exit within 20 s.*state=started starts the VM again from its record"):
+        power_stop(Selection(names=["stay1"]), state_dir, timeout=20)
+    assert vm.alive() and vm.qmp("query-status")["status"] == "shutdown"
+    assert _records(state_dir) == ["stay1.stopped"]
+    # Not taken for a VM an earlier start brought up: that QEMU is refused, and the record stays.
+    with pytest.raises(NotReadyError, match=rf"VM stay1: its QEMU \(pid {vm.pid}\) is still there, with the guest "
+                                            r"powered off"):
+        power_start(state_dir, names=["stay1"], timeout=60)
+    assert _records(state_dir) == ["stay1.stopped"]
+
+    vm.kill()
+    started = power_start(state_dir, names=["stay1"], timeout=180)
+    assert started["changed"] and _records(state_dir) == []
+    vm.refresh_pid()
+    assert vm.agent("guest-ping") == {} and vm.marker() != marker
+    assert testbed._cmdline(vm.pid) == argv  # pylint: disable=protected-access
+
+
 def test_paused_guest_is_refused_before_any_vm_is_touched(vm_dir):
     vms = testbed.boot_vms(vm_dir, names=["run1", "paused1"])
     vms[1].qmp("stop")
