@@ -109,8 +109,10 @@ def run(ctx: Context) -> Tuple[List[Row], Dict[str, Any]]:
                     if index:
                         ref.append(times["running"] - times["paused"])
                         ref_phases.append(reference_phases(times))
-            ctx.log(f"  run {index}: ours {ours[-1] if ours and index else float('nan'):.3f} s, "
-                    f"reference {ref[-1] if ref and index else float('nan'):.3f} s")
+            if index:
+                ctx.log(f"  run {index}: ours {ours[-1]:.3f} s, reference {ref[-1]:.3f} s")
+            else:
+                ctx.log("  run 0: warm-up cycle of each, not measured")
     ctx.pool.check([vm], snapshot)
     for child in children:
         child.poll()

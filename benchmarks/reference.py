@@ -188,7 +188,11 @@ async def transfer(vm: Any, socket_dir: str, timeout: float = 120.0) -> Tuple[Di
         while new is None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the reference's new QEMU did not answer after the transfer")
-            if os.stat(qmp).st_ino != inode:
+            try:
+                replaced = os.stat(qmp).st_ino != inode
+            except FileNotFoundError:
+                replaced = False  # the new QEMU removes the old path before it binds its own socket there
+            if replaced:
                 candidate = QMPClient("reference")
                 try:
                     await candidate.connect(qmp)
