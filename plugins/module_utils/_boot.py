@@ -50,6 +50,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._boot_unit import (
     unit_path,
     unit_text,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._checksum import HAS_XXHASH
 from ansible_collections.hypervisor.cpr.plugins.module_utils._directory import check_path
 from ansible_collections.hypervisor.cpr.plugins.module_utils._discover import VmEndpoint, discover
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprError, OptionError
@@ -65,7 +66,8 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._wait import check_
 INIT_CHOICES = ("auto", "systemd", "script")
 PACKAGE = "ansible_collections.hypervisor.cpr.plugins.module_utils"
 # What the engine imports beside the standard library; the host's Python must import it at boot as it is, with -I.
-DEPENDENCIES = ("qemu.qmp",)
+# xxhash too when this process has it: the saves then record XXH3-128 checksums, which the boot restore verifies.
+DEPENDENCIES = ("qemu.qmp",) + (("xxhash",) if HAS_XXHASH else ())
 # Every entry of the zip gets this time: the same engine makes the same bytes, so an entry is not rewritten needlessly.
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 

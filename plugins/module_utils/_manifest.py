@@ -26,8 +26,10 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import CprE
 # 2: the state file's checksum is one SHA-256 per chunk (state_chunks), no longer one over the whole file
 # (state_sha256). Format 1 manifests are still read and verified as before; an older hypervisor.cpr refuses
 # format 2 by its number instead of taking the file for a damaged one.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: the chunks' digests may be XXH3-128, named by state_checksum (format 2's are SHA-256, its default), so that
+# a version that only knows SHA-256 refuses it by its number too.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 # A VM name becomes a file name: keep it to characters that are safe there.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 # How a VM recorded for a fresh start went down, when it was not vm_power that shut it down.
@@ -60,9 +62,10 @@ class Manifest:
     state_bytes: int = 0
     # Format 1: the SHA-256 of the whole state file. Format 2 leaves it empty and has the two below.
     state_sha256: str = ""
-    # The SHA-256 of each state_chunk_bytes of the state file, in order (_checksum).
+    # The digest of each state_chunk_bytes of the state file, in order (_checksum), by state_checksum.
     state_chunk_bytes: int = 0
     state_chunks: List[str] = field(default_factory=list)
+    state_checksum: str = "sha256"
     saved_at: float = 0.0
     # Seconds from QEMU's migrate command to the state file synced and checksummed.
     save_seconds: float = 0.0

@@ -134,7 +134,7 @@ class StateDir(Directory):
         """
         descriptor = self.open_state(name, write=False)
         hasher = None if appended_bytes is None else checksum.AppendedFileHasher(
-            descriptor, checksum.chunk_bytes(appended_bytes))
+            descriptor, checksum.chunk_bytes(appended_bytes), checksum.PREFERRED)
         return Flusher(descriptor, hasher)
 
     def seal(self, manifest: Manifest, hashed: Optional[checksum.AppendedFileHasher] = None) -> None:
@@ -150,14 +150,15 @@ class StateDir(Directory):
                 synced = pool.submit(os.fsync, descriptor)
                 size = os.fstat(descriptor).st_size
                 if hashed is None:
-                    chunk = checksum.chunk_bytes(size)
-                    chunks = checksum.digests(descriptor, size, chunk)
+                    chunk, algorithm = checksum.chunk_bytes(size), checksum.PREFERRED
+                    chunks = checksum.digests(descriptor, size, chunk, algorithm)
                 else:
-                    chunk, chunks = hashed.chunk, hashed.finish(descriptor, size)
+                    chunk, algorithm, chunks = hashed.chunk, hashed.algorithm, hashed.finish(descriptor, size)
                 synced.result()
         finally:
             os.close(descriptor)
         manifest.state_bytes, manifest.state_chunk_bytes, manifest.state_chunks = size, chunk, chunks
+        manifest.state_checksum = algorithm
         # A save finished for an earlier run's .saving record is written in this format too.
         manifest.state_sha256, manifest.format = "", FORMAT_VERSION
 
@@ -172,10 +173,16 @@ class StateDir(Directory):
 
     def verify_state(self, manifest: Manifest) -> None:
         """Refuse to restore from a state file that does not match its manifest (size and checksum)."""
+        title = checksum.TITLES.get(manifest.state_checksum)
+        if title is None:
+            raise ManifestError(f"the manifest of {manifest.state_file} names an unknown checksum "
+                                f"{manifest.state_checksum!r}", manifest.name,
+                                hint="restore the VM with the version of hypervisor.cpr that saved it")
         descriptor = self._open_sized(manifest)
         try:
             if manifest.state_chunk_bytes:
-                chunks = checksum.digests(descriptor, manifest.state_bytes, manifest.state_chunk_bytes)
+                chunks = checksum.digests(descriptor, manifest.state_bytes, manifest.state_chunk_bytes,
+                                          manifest.state_checksum)
                 bad = checksum.first_mismatch(manifest.state_chunks, chunks)
                 where = "" if bad is None else (f" (chunk {bad + 1} of {len(manifest.state_chunks)}, from byte "
                                                 f"{bad * manifest.state_chunk_bytes})")
@@ -188,7 +195,7 @@ class StateDir(Directory):
         finally:
             os.close(descriptor)
         if bad is not None or size != manifest.state_bytes:
-            raise ManifestError(f"state file {manifest.state_file} does not match the SHA-256 in its manifest{where}",
+            raise ManifestError(f"state file {manifest.state_file} does not match the {title} in its manifest{where}",
                                 manifest.name, hint="the file is damaged; both files are kept")
 
     def _open_sized(self, manifest: Manifest) -> int:

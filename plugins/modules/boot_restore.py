@@ -70,6 +70,9 @@ options:
     type: str
     choices: [auto, systemd, script]
     default: auto
+requirements:
+  - qemu.qmp (Python library) on the hypervisor
+  - xxhash (Python library) on the hypervisor, to verify state files saved with an XXH3-128 checksum
 attributes:
   check_mode:
     description: Tells whether the entry would be armed or removed.
@@ -80,7 +83,7 @@ attributes:
 notes:
   - The Python that runs this module runs the entry at boot, as root, isolated (C(-I)). It must be owned by root in
     directories only root may change (a virtual environment's C(python) symlink is followed), and import
-    C(qemu.qmp) without C(PYTHONPATH); the module fails otherwise.
+    C(qemu.qmp) (and C(xxhash), when the module imports it) without C(PYTHONPATH); the module fails otherwise.
   - The reboot command may touch RV(reboot_mark) right before the reboot; the host's blackout
     (RV(hypervisor.cpr.cpr_restore#module:host_blackout)) is then counted from there, else from the new kernel's start.
   - The P(hypervisor.cpr.kernel_update#role) role arms the entry before the save and removes it after the restore

@@ -54,8 +54,8 @@ options:
     default: false
   verify_checksum:
     description:
-      - Check each state file's size and SHA-256 (one per chunk of the file) against its manifest. A truncated or
-        corrupted file is refused, and kept.
+      - Check each state file's size and checksum (one XXH3-128 or SHA-256 digest per chunk of the file, as the save
+        recorded it) against its manifest. A truncated or corrupted file is refused, and kept.
       - A VM whose RAM was copied into its state file is loaded while the checksum is checked, with the guest held
         stopped; the guest runs only once the file passed, else the new QEMU is quit before the guest ran a single
         instruction. A VM whose RAM stayed in place is checked before its QEMU starts.
@@ -87,6 +87,9 @@ options:
     description: Unit started with O(launch=systemd); C({name}) is replaced by the VM's name.
     type: str
     default: qemu@{name}.service
+requirements:
+  - qemu.qmp (Python library) on the hypervisor
+  - xxhash (Python library) on the hypervisor, to verify state files saved with an XXH3-128 checksum
 attributes:
   check_mode:
     support: full

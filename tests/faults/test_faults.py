@@ -442,7 +442,7 @@ def test_damaged_ram_copy_is_loaded_held_and_discarded(vm_dir, campaign, mapped_
         byte = handle.read(1)
         handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(ManifestError, match=r"^VM rdamaged: state file .* does not match the SHA-256 in its manifest "
+    with pytest.raises(ManifestError, match=r"^VM rdamaged: state file .* does not match the XXH3-128 in its manifest "
                        r"\(chunk \d+ of \d+, from byte \d+\)") as failure:
         restore(state_dir, options=RestoreOptions(timeout=60))
     assert "both files are kept" in str(failure.value)

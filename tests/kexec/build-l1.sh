@@ -105,14 +105,16 @@ install -m 0644 "$HERE/l1/inittab" "$layer/etc/inittab"
 install -m 0644 "$HERE/l1/sshd_config" "$layer/usr/lib/kexec-l1/sshd_config"
 
 # The L1 hosts run /usr/bin/python3 of this machine: qemu.qmp and jmespath
-# (pure Python) are copied into its dist-packages in the layer, from the
-# virtual environment of scripts/install-host-deps.sh.
+# (pure Python) and xxhash (built for this very Python) are copied into its
+# dist-packages in the layer, from the virtual environment of
+# scripts/install-host-deps.sh.
 site=$("$VENV/bin/python" -c 'import os, qemu.qmp; print(os.path.dirname(os.path.dirname(os.path.dirname(qemu.qmp.__file__))))') \
     || die "no qemu.qmp in $VENV: run scripts/install-host-deps.sh"
 dist=$layer/usr/lib/python3/dist-packages
 mkdir -p "$dist/qemu"
 cp -a "$site/qemu/qmp" "$dist/qemu/"
-cp -a "$site"/qemu_qmp-*.dist-info "$site/jmespath" "$site"/jmespath-*.dist-info "$dist/"
+cp -a "$site"/qemu_qmp-*.dist-info "$site/jmespath" "$site"/jmespath-*.dist-info "$site/xxhash" \
+    "$site"/xxhash-*.dist-info "$dist/"
 find "$dist" -name __pycache__ -prune -exec rm -rf {} +
 
 # The L2 guests: the firmware-only pattern program, and the test-bed guest.

@@ -64,7 +64,7 @@ def test_the_boot_restore_brings_back_its_runs_vms_and_cpr_restore_finishes(vm_d
 
     ran = subprocess.run([entry["entry"]], capture_output=True, text=True, check=False, timeout=300)
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    assert "does not match the SHA-256 in its manifest" in ran.stderr and "VM bb not restored" in ran.stderr
+    assert "does not match the XXH3-128 in its manifest" in ran.stderr and "VM bb not restored" in ran.stderr
     result = boot_result(state_dir)
     [back] = result["vms"]
     assert back["name"] == "ba" and back["pid"] == vms[0].refresh_pid()

@@ -3,12 +3,22 @@
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
+import xxhash
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import MissingDependencyError
 
 MIB = 1 << 20
+# Each checksum a manifest may name, and the library function that computes it over bytes in memory.
+REFERENCE = {
+    checksum.SHA256: lambda data: hashlib.sha256(data).hexdigest(),
+    checksum.XXH3_128: xxhash.xxh3_128_hexdigest,
+}
+ALGORITHMS = pytest.mark.parametrize("algorithm", sorted(REFERENCE))
 
 
 @pytest.mark.parametrize("size, chunk", [
@@ -45,21 +55,27 @@ def test_first_mismatch(expected, actual, index):
     assert checksum.first_mismatch(expected, actual) == index
 
 
+def test_new_saves_use_xxh3_where_xxhash_is_installed():
+    assert checksum.HAS_XXHASH and checksum.PREFERRED == checksum.XXH3_128
+
+
+@ALGORITHMS
 @pytest.mark.parametrize("length", [1, checksum.READ_BYTES - 1, checksum.READ_BYTES, 3 * checksum.READ_BYTES + 5])
-def test_zero_digest_is_that_of_as_many_zero_bytes(length):
-    assert checksum.zero_digest(length) == hashlib.sha256(bytes(length)).hexdigest()
+def test_zero_digest_is_that_of_as_many_zero_bytes(length, algorithm):
+    assert checksum.zero_digest(length, algorithm) == REFERENCE[algorithm](bytes(length))
 
 
-def _digests(path, chunk):
+def _digests(path, chunk, algorithm=checksum.XXH3_128):
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        return checksum.digests(descriptor, os.fstat(descriptor).st_size, chunk)
+        return checksum.digests(descriptor, os.fstat(descriptor).st_size, chunk, algorithm)
     finally:
         os.close(descriptor)
 
 
+@ALGORITHMS
 @pytest.mark.parametrize("chunk", [4096, 3 * 4096, MIB])
-def test_a_sparse_file_and_its_filled_copy_have_the_digests_of_their_bytes(tmp_path, chunk):
+def test_a_sparse_file_and_its_filled_copy_have_the_digests_of_their_bytes(tmp_path, chunk, algorithm):
     # Data, a hole of several chunks, data, and a hole at the end (mapped-ram files look so).
     sparse, filled = tmp_path / "sparse", tmp_path / "filled"
     size = 4 * MIB + 123
@@ -71,22 +87,22 @@ def test_a_sparse_file_and_its_filled_copy_have_the_digests_of_their_bytes(tmp_p
         handle.truncate(size)
     content = sparse.read_bytes()
     filled.write_bytes(content)
-    expected = [hashlib.sha256(content[offset:offset + length]).hexdigest()
-                for offset, length in checksum.spans(size, chunk)]
-    assert _digests(sparse, chunk) == expected
-    assert _digests(filled, chunk) == expected
+    expected = [REFERENCE[algorithm](content[offset:offset + length]) for offset, length in checksum.spans(size, chunk)]
+    assert _digests(sparse, chunk, algorithm) == expected
+    assert _digests(filled, chunk, algorithm) == expected
 
 
-def test_a_changed_byte_changes_the_digest_of_its_chunk_only(tmp_path):
+@ALGORITHMS
+def test_a_changed_byte_changes_the_digest_of_its_chunk_only(tmp_path, algorithm):
     path = tmp_path / "state"
     path.write_bytes(os.urandom(10 * 4096))
-    before = _digests(path, 4096)
+    before = _digests(path, 4096, algorithm)
     with open(path, "r+b") as handle:
         handle.seek(7 * 4096 + 11)
         byte = handle.read(1)
         handle.seek(7 * 4096 + 11)
         handle.write(bytes([byte[0] ^ 1]))
-    assert checksum.first_mismatch(before, _digests(path, 4096)) == 7
+    assert checksum.first_mismatch(before, _digests(path, 4096, algorithm)) == 7
 
 
 def test_a_file_shorter_than_its_size_is_an_error(tmp_path):
@@ -95,7 +111,7 @@ def test_a_file_shorter_than_its_size_is_an_error(tmp_path):
     descriptor = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(OSError, match="the file ended at byte 100"):
-            checksum.digests(descriptor, 200, 4096)
+            checksum.digests(descriptor, 200, 4096, checksum.XXH3_128)
     finally:
         os.close(descriptor)
 
@@ -113,7 +129,7 @@ def test_chunks_hashed_as_a_file_grows_are_those_of_the_complete_file(tmp_path, 
     writer = os.open(path, os.O_WRONLY | os.O_CREAT)
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        hasher = checksum.AppendedFileHasher(descriptor, 4096)
+        hasher = checksum.AppendedFileHasher(descriptor, 4096, checksum.XXH3_128)
         for length in writes:
             os.write(writer, os.urandom(length))
             hasher.advance()
@@ -131,7 +147,7 @@ def test_a_file_hashed_as_it_grew_is_refused_when_bytes_changed_after(tmp_path):
     path.write_bytes(os.urandom(3 * 4096))
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        hasher = checksum.AppendedFileHasher(descriptor, 4096)
+        hasher = checksum.AppendedFileHasher(descriptor, 4096, checksum.XXH3_128)
         hasher.advance()
         with open(path, "r+b") as handle:
             handle.seek(4096 + 1)
@@ -139,3 +155,22 @@ def test_a_file_hashed_as_it_grew_is_refused_when_bytes_changed_after(tmp_path):
         assert checksum.first_mismatch(hasher.finish(descriptor, 3 * 4096), _digests(path, 4096)) == 1
     finally:
         os.close(descriptor)
+
+
+def test_without_xxhash_new_saves_use_sha256(tmp_path):
+    # A fresh interpreter in which importing xxhash fails, as on a host that lacks it.
+    program = ("import sys; sys.modules['xxhash'] = None\n"
+               "from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as c\n"
+               "print(c.HAS_XXHASH, c.PREFERRED)")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.stdout.split() == ["False", "sha256"]
+
+
+def test_a_file_with_xxh3_digests_without_xxhash_names_the_library_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(checksum, "HAS_XXHASH", False)
+    path = tmp_path / "state"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(MissingDependencyError, match="checksum is XXH3-128, and the Python library xxhash is not installed"):
+        _digests(path, 4096, checksum.XXH3_128)
+    assert len(_digests(path, 4096, checksum.SHA256)) == 1

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import xxhash
 
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import LockedError, ManifestError, StateDirError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._manifest import Manifest, StopRecord
@@ -164,7 +165,7 @@ def test_a_sealed_state_file_is_verified_and_a_damaged_one_refused(state_dir):
     state_dir.verify_state(state_dir.read_manifest("web1"))
     with open(manifest.state_file, "r+b") as handle:
         handle.write(b"X")
-    with pytest.raises(ManifestError, match="does not match the SHA-256"):
+    with pytest.raises(ManifestError, match=r"does not match the XXH3-128 in its manifest \(chunk 1 of 1, from byte 0\)"):
         state_dir.verify_state(manifest)
     os.truncate(manifest.state_file, 10)
     with pytest.raises(ManifestError, match="has 10 bytes, its manifest says 12000"):
@@ -248,16 +249,41 @@ def test_a_format_1_manifest_is_verified_by_its_one_sha256(state_dir):
         state_dir.verify_state(read)
 
 
-def test_a_sealed_manifest_lists_one_digest_per_chunk(state_dir):
+def test_a_sealed_manifest_lists_one_xxh3_digest_per_chunk(state_dir):
     manifest = _manifest(state_dir, "new", format=1, state_sha256="stale")
     with os.fdopen(state_dir.open_state("new", write=True), "wb") as handle:
         handle.write(b"s" * 1000)
     state_dir.seal(manifest)
-    assert (manifest.format, manifest.state_sha256, manifest.state_bytes) == (2, "", 1000)
-    assert manifest.state_chunks == [hashlib.sha256(b"s" * 1000).hexdigest()]
+    assert (manifest.format, manifest.state_sha256, manifest.state_bytes) == (3, "", 1000)
+    assert (manifest.state_checksum, manifest.state_chunks) == ("xxh3-128", [xxhash.xxh3_128_hexdigest(b"s" * 1000)])
 
 
-@pytest.mark.parametrize("fmt", [0, 3, None])
+def test_a_format_2_manifest_is_verified_by_its_sha256_chunks(state_dir):
+    """Saved by the previous version: SHA-256 per chunk, no state_checksum; still restorable, damage still refused."""
+    content = os.urandom(3 * 4096 + 10)
+    with os.fdopen(state_dir.open_state("two", write=True), "wb") as handle:
+        handle.write(content)
+    manifest = _manifest(state_dir, "two", format=2, state_bytes=len(content), state_chunk_bytes=4096,
+                         state_chunks=[hashlib.sha256(content[o:o + 4096]).hexdigest() for o in range(0, len(content), 4096)])
+    data = {k: v for k, v in vars(manifest).items() if k != "state_checksum"}
+    _write(state_dir.manifest_path("two"), json.dumps(data))
+    read = state_dir.read_manifest("two")
+    assert (read.format, read.state_checksum) == (2, "sha256")
+    state_dir.verify_state(read)
+    with open(read.state_file, "r+b") as handle:
+        handle.seek(2 * 4096 + 3)
+        handle.write(b"X")
+    with pytest.raises(ManifestError, match=r"does not match the SHA-256 in its manifest \(chunk 3 of 4, from byte 8192\)"):
+        state_dir.verify_state(read)
+
+
+def test_a_manifest_naming_an_unknown_checksum_is_refused(state_dir):
+    manifest = _manifest(state_dir, "odd", state_checksum="md5")
+    with pytest.raises(ManifestError, match="names an unknown checksum 'md5'"):
+        state_dir.verify_state(manifest)
+
+
+@pytest.mark.parametrize("fmt", [0, 4, None])
 def test_a_manifest_of_an_unknown_format_is_refused_by_its_number(state_dir, fmt):
     manifest = _manifest(state_dir, "future")
     _write(state_dir.manifest_path("future"), json.dumps(dict(vars(manifest), format=fmt)))
