@@ -223,8 +223,18 @@ def start(state_dir_path: str, names: Optional[List[str]] = None, timeout: float
     with StateDir.open(state_dir_path) as state_dir:
         if check_mode or not state_dir.exists:
             records, running = _to_start(state_dir, names)
-            return {"changed": any(r.name not in running for r in records), "vms": [],
-                    "would_change": [r.name for r in records if r.name not in running]}
+            planned = [r.name for r in records if r.name not in running]
+            detail = {"changed": bool(planned), "vms": [], "would_change": planned}
+            # A QEMU of a recorded name is refused by a real run if its guest is powered off: say so here too.
+            there = [r.name for r in records if r.name in running]
+
+            async def check_all() -> List[Any]:
+                return list(await asyncio.gather(*(_check_existing(running[name], timeout) for name in there),
+                                                 return_exceptions=True))
+
+            raise_failures(there, asyncio.run(check_all()) if there else [], detail, "Would start",
+                           "the VMs that would not be started are named above; fix the cause and run again")
+            return detail
         with state_dir.lock():
             check_run(state_dir, run_id)
             records, running = _to_start(state_dir, names)
@@ -236,6 +246,18 @@ def start(state_dir_path: str, names: Optional[List[str]] = None, timeout: float
 
             results = asyncio.run(start_all()) if records else []
     return _report([], results, [r.name for r in records], "started")
+
+
+async def _check_existing(existing: VmEndpoint, timeout: float) -> None:
+    async with open_qmp(existing.qmp_socket, vm=existing.name, timeout=min(timeout, CONNECT_TIMEOUT)) as session:
+        await _refuse_powered_off(session, existing.name)
+
+
+async def _refuse_powered_off(session: QmpSession, name: str) -> None:
+    """A QEMU of a recorded name whose guest powered off (hung in its exit, or told to stay) is not the VM started."""
+    if (await session.execute("query-status")).get("status") == "shutdown":
+        raise NotReadyError(f"its QEMU (pid {session.pid}) is still there, with the guest powered off", name,
+                            hint="end that QEMU, then run again: the VM starts from its record, which is kept")
 
 
 def _to_start(state_dir: StateDir, names: Optional[List[str]]) -> Tuple[List[StopRecord], Dict[str, VmEndpoint]]:
@@ -254,9 +276,8 @@ async def _start_one(record: StopRecord, state_dir: StateDir, timeout: float, wa
     async with contextlib.AsyncExitStack() as stack:
         session = await wait_for_qmp(launched, state_dir, timeout, stack)
         pid = session.pid
-        if existing and (await session.execute("query-status")).get("status") == "shutdown":
-            raise NotReadyError(f"its QEMU (pid {pid}) is still there, with the guest powered off", record.name,
-                                hint="end that QEMU, then run again: the VM starts from its record, which is kept")
+        if existing:
+            await _refuse_powered_off(session, record.name)
     if wait_for_agent and record.agent_answered and record.qga_socket:
         # The guest boots from scratch: its agent answers once it is up.
         await wait_agent(record.name, record.qga_socket, timeout)

@@ -63,13 +63,15 @@ def test_a_qemu_that_does_not_exit_after_the_power_off_is_named_and_its_record_k
         power_stop(Selection(names=["stay1"]), state_dir, timeout=20)
     assert vm.alive() and vm.qmp("query-status")["status"] == "shutdown"
     assert _records(state_dir) == ["stay1.stopped"]
-    # Not taken for a VM an earlier start brought up: that QEMU is refused, and the record stays.
-    with pytest.raises(NotReadyError, match=rf"VM stay1: its QEMU \(pid {vm.pid}\) is still there, with the guest "
-                                            r"powered off"):
-        power_start(state_dir, names=["stay1"], timeout=60)
+    # Not taken for a VM an earlier start brought up: that QEMU is refused, in check mode too, and the record stays.
+    for check_mode in (True, False):
+        with pytest.raises(NotReadyError, match=rf"VM stay1: its QEMU \(pid {vm.pid}\) is still there, with the "
+                                                r"guest powered off"):
+            power_start(state_dir, names=["stay1"], timeout=60, check_mode=check_mode)
     assert _records(state_dir) == ["stay1.stopped"]
 
     vm.kill()
+    assert power_start(state_dir, names=["stay1"], timeout=60, check_mode=True)["would_change"] == ["stay1"]
     started = power_start(state_dir, names=["stay1"], timeout=180)
     assert started["changed"] and _records(state_dir) == []
     vm.refresh_pid()
