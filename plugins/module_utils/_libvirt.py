@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 from xml.etree import ElementTree
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     CommandFailedError,
     ConnectionFailedError,
@@ -253,8 +254,17 @@ def read_image(path: str) -> Image:
     return image
 
 
+def image_digests(path: str, chunk: int, algorithm: str) -> List[str]:
+    """The checksum of an image per chunk (holes not read), so that a damaged one is never loaded."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return checksum.digests(descriptor, os.fstat(descriptor).st_size, chunk, algorithm)
+    finally:
+        os.close(descriptor)
+
+
 def image_sha256(path: str) -> str:
-    """The SHA-256 of an image (its holes read as zeros), so that a damaged one is never loaded."""
+    """The SHA-256 of a whole image, as a save by an earlier version recorded it."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -324,6 +334,10 @@ class Record:
     image_format: Optional[str] = None
     image_bytes: int = 0
     image_allocated: int = 0
+    # The image's checksum per chunk (_checksum), by image_checksum; earlier versions recorded image_sha256 instead.
+    image_checksum: Optional[str] = None
+    image_chunk_bytes: int = 0
+    image_chunks: List[str] = field(default_factory=list)
     image_sha256: Optional[str] = None
     memory_bytes: int = 0
     save_seconds: Optional[float] = None
@@ -331,6 +345,10 @@ class Record:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    def report(self) -> Dict[str, Any]:
+        """What a module returns of it: all but the chunks' digests."""
+        return {key: value for key, value in self.to_dict().items() if key != "image_chunks"}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Record":

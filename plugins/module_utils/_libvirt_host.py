@@ -108,5 +108,5 @@ def status(uri: str, state_dir_path: Optional[str] = None) -> Dict[str, Any]:
     result["saved"] = []
     if state_dir_path is not None:
         with StateDir.open(state_dir_path) as state_dir:
-            result["saved"] = [r.to_dict() for r in records(state_dir)]
+            result["saved"] = [r.report() for r in records(state_dir)]
     return result

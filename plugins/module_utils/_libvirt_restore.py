@@ -113,6 +113,6 @@ async def _restore_one(lv: Libvirt, state_dir: StateDir, record: Record, timeout
 def _result(record: Record, facts: Dict[str, Any], changed: bool) -> Dict[str, Any]:
     back_at = time.time()
     # state_bytes and ram_in_place as cpr_restore reports them, so that both kinds of VM share one report.
-    return dict(record.to_dict(), changed=changed, runstate=record.runstate_before, back_at=back_at,
+    return dict(record.report(), changed=changed, runstate=record.runstate_before, back_at=back_at,
                 downtime_seconds=round(back_at - record.paused_at, 3) if record.paused_at else None,
                 managed_by="libvirt", state_bytes=record.image_allocated, ram_in_place=False, **facts)

@@ -98,7 +98,7 @@ def save(names: Optional[List[str]], state_dir_path: str, options: LibvirtSaveOp
 
 
 def _result(earlier: List[Record], to_save: List[Domain], saved: List[Record], lv: Libvirt) -> Dict[str, Any]:
-    done = [dict(r.to_dict(), changed=False) for r in earlier] + [dict(r.to_dict(), changed=True) for r in saved]
+    done = [dict(r.report(), changed=False) for r in earlier] + [dict(r.report(), changed=True) for r in saved]
     return {"changed": bool(to_save), "vms": done, "would_save": [d.name for d in to_save],
             "libvirt_version": lv.version()}
 
@@ -165,7 +165,7 @@ async def _save_all(lv: Libvirt, state_dir: StateDir, domains: List[Domain], opt
                    CprError("brought back as it was, because another domain of this call failed to save", r.name)
                    for r, result in zip(records_, results)]
         saved = []
-    raise_failures([r.name for r in records_], results, {"vms": [dict(r.to_dict(), changed=True) for r in saved]},
+    raise_failures([r.name for r in records_], results, {"vms": [dict(r.report(), changed=True) for r in saved]},
                    "Saved", "every domain not named above runs as it did" if options.all_or_nothing else
                    "the domains named above run as they did")
     return saved

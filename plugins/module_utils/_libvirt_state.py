@@ -21,6 +21,7 @@ import asyncio
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
+from ansible_collections.hypervisor.cpr.plugins.module_utils import _checksum as checksum
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import (
     ManifestError,
     NotAnsweringError,
@@ -29,6 +30,7 @@ from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
     STATES,
     Libvirt,
     Record,
+    image_digests,
     image_sha256,
     read_image,
 )
@@ -73,7 +75,8 @@ def seal(lv: Libvirt, record: Record) -> None:
         raise ManifestError(f"libvirt reported the save done, but its image {record.image} is not complete",
                             record.name, hint=f"the domain was not started from it; {_KEPT}")
     record.image_format, record.image_bytes, record.image_allocated = image.image_format, image.size, image.allocated
-    record.image_sha256 = image_sha256(lv.local(record.image))
+    record.image_checksum, record.image_chunk_bytes = checksum.PREFERRED, checksum.chunk_bytes(image.size)
+    record.image_chunks = image_digests(lv.local(record.image), record.image_chunk_bytes, record.image_checksum)
     record.stage = "saved"
 
 
@@ -93,7 +96,17 @@ def check_image(lv: Libvirt, record: Record) -> None:
                             record.name, hint=hint)
     if image.size != record.image_bytes:
         raise ManifestError(f"{what} has {image.size} bytes, the save wrote {record.image_bytes}", record.name, hint=hint)
-    if image_sha256(lv.local(record.image)) != record.image_sha256:
+    if record.image_checksum:
+        if record.image_checksum not in checksum.TITLES:
+            raise ManifestError(f"the record of {what} names an unknown checksum {record.image_checksum!r}",
+                                record.name, hint=f"restore it with the version of hypervisor.cpr that saved it; {_KEPT}")
+        digests = image_digests(lv.local(record.image), record.image_chunk_bytes, record.image_checksum)
+        bad = checksum.first_mismatch(record.image_chunks, digests)
+        if bad is not None:
+            raise ManifestError(f"{what} does not match the {checksum.TITLES[record.image_checksum]} its save recorded "
+                                f"(chunk {bad + 1} of {len(record.image_chunks)}, from byte "
+                                f"{bad * record.image_chunk_bytes})", record.name, hint=hint)
+    elif image_sha256(lv.local(record.image)) != record.image_sha256:
         raise ManifestError(f"{what} does not match the SHA-256 its save recorded", record.name, hint=hint)
 
 

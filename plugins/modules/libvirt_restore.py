@@ -12,7 +12,7 @@ short_description: Bring libvirt domains saved by libvirt_save back from their i
 version_added: 0.2.0
 description:
   - For every record M(hypervisor.cpr.libvirt_save) left in O(state_dir) (or the O(names) given), concurrently, it
-    checks that the domain's managed save image is complete and has the size and SHA-256 its save recorded, has
+    checks that the domain's managed save image is complete and has the size and checksum its save recorded, has
     libvirt start the domain from it, checks that the domain is back in its old state (V(running) or V(paused)) and,
     where it answered before, that its guest agent answers through libvirt; then puts its autostart flag back and
     removes the record.

@@ -21,7 +21,7 @@ description:
   - Per domain, before libvirt is asked, C(<state_dir>/<name>.libvirt) records what the restore needs (its old state,
     its autostart flag, whether its guest agent answered), and the domain's autostart is turned off, so that nothing
     starts it before M(hypervisor.cpr.libvirt_restore) checked its image. Once saved, the image's format, size and
-    SHA-256 are recorded.
+    checksum (XXH3-128 per chunk, or SHA-256 without the C(xxhash) library) are recorded.
   - With O(all_or_nothing), when one domain fails to save, every domain of the call is brought back as it was (from
     its image, in its old state). libvirt resumes a domain whose own save failed; a partial image is removed.
   - Idempotent. A domain saved by an earlier run is reported unchanged; one whose save an interrupted run left

@@ -94,7 +94,8 @@ def test_save_and_restore_running_and_paused(lab, state_dir):
     by_name = {vm["name"]: vm for vm in saved["vms"]}
     assert by_name[web]["runstate_before"] == "running" and by_name[db]["runstate_before"] == "paused"
     for vm in saved["vms"]:
-        assert vm["stage"] == "saved" and vm["image_format"] == "sparse" and vm["image_sha256"]
+        assert vm["stage"] == "saved" and vm["image_format"] == "sparse" and vm["image_checksum"] == "xxh3-128"
+        assert "image_chunks" not in vm, "the chunks' digests stay in the record, out of the module's result"
         assert 0 < vm["image_allocated"] <= vm["image_bytes"] and vm["save_seconds"] > 0
         assert vm["boot_id"] == boot_id()
     # Idempotent: saved already, unchanged.
@@ -250,7 +251,7 @@ def test_fault_image_damaged_before_the_restore(lab, state_dir, campaign):
         original = handle.read(4096)
         handle.seek(image.stat().st_size // 2)
         handle.write(bytes(b ^ 0xFF for b in original))
-    with pytest.raises(ManifestError, match="does not match the SHA-256") as failure:
+    with pytest.raises(ManifestError, match=r"does not match the XXH3-128 its save recorded \(chunk \d+ of \d+") as failure:
         restore(state_dir, lab.uri, timeout=120)
     assert lab.state(web) == "shutoff", "a damaged image must not be loaded, nor the domain booted cold"
     assert image.exists() and os.path.exists(os.path.join(state_dir, f"{web}.libvirt"))

@@ -1,18 +1,26 @@
 """The libvirt path's pure logic: a managed save image's header, libvirt-guests' settings, a domain's verdict."""
 
+import hashlib
+import os
 import struct
 
 import pytest
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import ManifestError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
     Domain,
+    Libvirt,
+    Record,
     read_image,
 )
+from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_state import check_image, seal
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt_host import (
     read_assignments,
 )
 
 # libvirt's virQEMUSaveHeader: magic, version, data_len, was_running, format (then unused words).
 HEADER = struct.Struct("<16sIIII")
+# The smallest checksum chunk (_checksum): the images below span four.
+CHUNK = 16 << 20
 
 
 @pytest.mark.parametrize("content, complete, image_format, was_running", [
@@ -77,3 +85,55 @@ def test_domain_verdict(changes, problem):
         assert verdict is None
     else:
         assert verdict is not None and problem in verdict
+
+
+def _saved_image(tmp_path):
+    """A complete sparse image: header, data, a hole of several chunks, data (as libvirt's sparse format leaves)."""
+    path = tmp_path / "web.save"
+    with open(path, "wb") as handle:
+        handle.write(HEADER.pack(b"LibvirtQemudSave", 2, 4096, 1, 6) + os.urandom(5000))
+        handle.seek(3 * CHUNK)
+        handle.write(os.urandom(70000))
+    return path
+
+
+@pytest.mark.parametrize("recorded", ["chunks", "whole-file sha256"])
+@pytest.mark.parametrize("damage, refused", [
+    (None, None),
+    (2 * CHUNK + 10, r"does not match the XXH3-128 its save recorded \(chunk 3 of 4, from byte 33554432\)"),
+    (3 * CHUNK + 1, r"does not match the XXH3-128 its save recorded \(chunk 4 of 4, from byte 50331648\)"),
+])
+def test_an_image_is_checked_against_the_checksum_its_save_recorded(tmp_path, recorded, damage, refused):
+    path = _saved_image(tmp_path)
+    # A URI of another host: the image path is read as it is, with no daemon asked where its root is.
+    lv = Libvirt("qemu+ssh://elsewhere/system")
+    record = Record(name="web", uuid="u", uri=lv.uri, runstate_before="running", autostart_before=False,
+                    agent_before=False, boot_id="b", paused_at=1.0, image=str(path))
+    seal(lv, record)
+    assert (record.stage, record.image_checksum, len(record.image_chunks)) == ("saved", "xxh3-128", 4)
+    assert record.image_chunk_bytes == CHUNK and "image_chunks" not in record.report()
+    if recorded == "whole-file sha256":
+        # Saved by an earlier version: one SHA-256 over the whole image.
+        record.image_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        record.image_checksum, record.image_chunk_bytes, record.image_chunks = None, 0, []
+    if damage is not None:
+        with open(path, "r+b") as handle:
+            handle.seek(damage)
+            handle.write(b"\xff")
+    if refused is None:
+        check_image(lv, record)
+        return
+    if recorded == "whole-file sha256":
+        refused = "does not match the SHA-256 its save recorded"
+    with pytest.raises(ManifestError, match=refused):
+        check_image(lv, record)
+
+
+def test_an_image_whose_record_names_an_unknown_checksum_is_refused(tmp_path):
+    path = _saved_image(tmp_path)
+    lv = Libvirt("qemu+ssh://elsewhere/system")
+    record = Record(name="web", uuid="u", uri=lv.uri, runstate_before="running", autostart_before=False,
+                    agent_before=False, boot_id="b", paused_at=1.0, image=str(path), image_checksum="md5",
+                    image_bytes=path.stat().st_size)
+    with pytest.raises(ManifestError, match="names an unknown checksum 'md5'"):
+        check_image(lv, record)
