@@ -57,7 +57,7 @@ def restore(state_dir_path: str, uri: str, names: Optional[List[str]] = None, ti
         if check_mode or not saved:
             for record in saved:
                 if record.stage == "saved" and not lv.domain(record.name).isActive():
-                    check_image(lv, record)
+                    check_image(record, lv.local(record.image))
             return {"changed": bool(saved), "vms": [], "would_restore": [r.name for r in saved]}
         with state_dir.lock():
             check_run(state_dir, run_id)
@@ -90,7 +90,7 @@ async def _restore_one(lv: Libvirt, state_dir: StateDir, record: Record, timeout
             await settle(lv, record, timeout)
             remove_record(state_dir, record.name)
             return _result(record, {"restore_seconds": 0.0, "restored_by": "not saved (an interrupted save)"}, False)
-        seal(lv, record)
+        seal(record, lv.local(record.image))
         write_record(state_dir, record)
     if dom.isActive():
         if not came_back_from_image(lv, record):

@@ -118,7 +118,7 @@ def _plan(lv: Libvirt, state_dir: StateDir, names: Optional[List[str]],
         if record is not None and domain.state == "shutoff" and read_image(lv.local(record.image)).complete:
             if record.stage != "saved":
                 # An earlier run died after libvirt saved the domain, before it checked the image: do it now.
-                seal(lv, record)
+                seal(record, lv.local(record.image))
                 write_record(state_dir, record)
             earlier.append(record)
         elif names is not None or domain.state in ("running", "paused"):
@@ -183,7 +183,7 @@ def _save_one(lv: Libvirt, state_dir: StateDir, record: Record, timeout: float) 
     except CprError as error:
         _after_failed_save(lv, state_dir, record, timeout, error)
     record.save_seconds = round(time.time() - record.paused_at, 3)
-    seal(lv, record)
+    seal(record, lv.local(record.image))
     write_record(state_dir, record)
     return record
 

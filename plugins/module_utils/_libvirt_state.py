@@ -68,22 +68,25 @@ def remove_record(state_dir: StateDir, name: str) -> None:
     state_dir.unlink(name + LIBVIRT_SUFFIX)
 
 
-def seal(lv: Libvirt, record: Record) -> None:
-    """Note what the complete image of a save is: format, size, checksum; the record is then saved."""
-    image = read_image(lv.local(record.image))
+def seal(record: Record, local_image: str) -> None:
+    """Note what the complete image of a save is: format, size, checksum; the record is then saved.
+
+    local_image is the image's path as this process reaches it (Libvirt.local).
+    """
+    image = read_image(local_image)
     if not image.complete:
         raise ManifestError(f"libvirt reported the save done, but its image {record.image} is not complete",
                             record.name, hint=f"the domain was not started from it; {_KEPT}")
     record.image_format, record.image_bytes, record.image_allocated = image.image_format, image.size, image.allocated
     record.image_checksum, record.image_chunk_bytes = checksum.PREFERRED, checksum.chunk_bytes(image.size)
-    record.image_chunks = image_digests(lv.local(record.image), record.image_chunk_bytes, record.image_checksum)
+    record.image_chunks = image_digests(local_image, record.image_chunk_bytes, record.image_checksum)
     record.stage = "saved"
 
 
-def check_image(lv: Libvirt, record: Record) -> None:
+def check_image(record: Record, local_image: str) -> None:
     """Refuse an image that is gone, incomplete or not the one the save wrote: libvirt would boot the domain cold
     from an incomplete one (deleting it), and load damaged memory from a changed one."""
-    image = read_image(lv.local(record.image))
+    image = read_image(local_image)
     what = f"its managed save image {record.image}"
     if not image.exists:
         raise ManifestError(f"{what} is gone, so it cannot come back as it was", record.name,
@@ -100,19 +103,19 @@ def check_image(lv: Libvirt, record: Record) -> None:
         if record.image_checksum not in checksum.TITLES:
             raise ManifestError(f"the record of {what} names an unknown checksum {record.image_checksum!r}",
                                 record.name, hint=f"restore it with the version of hypervisor.cpr that saved it; {_KEPT}")
-        digests = image_digests(lv.local(record.image), record.image_chunk_bytes, record.image_checksum)
+        digests = image_digests(local_image, record.image_chunk_bytes, record.image_checksum)
         bad = checksum.first_mismatch(record.image_chunks, digests)
         if bad is not None:
             raise ManifestError(f"{what} does not match the {checksum.TITLES[record.image_checksum]} its save recorded "
                                 f"(chunk {bad + 1} of {len(record.image_chunks)}, from byte "
                                 f"{bad * record.image_chunk_bytes})", record.name, hint=hint)
-    elif image_sha256(lv.local(record.image)) != record.image_sha256:
+    elif image_sha256(local_image) != record.image_sha256:
         raise ManifestError(f"{what} does not match the SHA-256 its save recorded", record.name, hint=hint)
 
 
 async def bring_back(lv: Libvirt, record: Record, timeout: float) -> Dict[str, Any]:
     """Start a saved domain from its checked image, in its old state, with its guest agent answering; what it took."""
-    check_image(lv, record)
+    check_image(record, lv.local(record.image))
     started = time.time()
     dom = lv.domain(record.name)
     await asyncio.to_thread(lv.call, record.name, "start the domain from its managed save image",

@@ -60,7 +60,7 @@ class Manifest:
     boot_id: str
     kernel: str
     state_bytes: int = 0
-    # Format 1: the SHA-256 of the whole state file. Format 2 leaves it empty and has the two below.
+    # Format 1: the SHA-256 of the whole state file. Formats 2 and 3 leave it empty and have the fields below.
     state_sha256: str = ""
     # The digest of each state_chunk_bytes of the state file, in order (_checksum), by state_checksum.
     state_chunk_bytes: int = 0

@@ -8,7 +8,6 @@ import pytest
 from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import ManifestError
 from ansible_collections.hypervisor.cpr.plugins.module_utils._libvirt import (
     Domain,
-    Libvirt,
     Record,
     read_image,
 )
@@ -105,11 +104,9 @@ def _saved_image(tmp_path):
 ])
 def test_an_image_is_checked_against_the_checksum_its_save_recorded(tmp_path, recorded, damage, refused):
     path = _saved_image(tmp_path)
-    # A URI of another host: the image path is read as it is, with no daemon asked where its root is.
-    lv = Libvirt("qemu+ssh://elsewhere/system")
-    record = Record(name="web", uuid="u", uri=lv.uri, runstate_before="running", autostart_before=False,
+    record = Record(name="web", uuid="u", uri="qemu:///system", runstate_before="running", autostart_before=False,
                     agent_before=False, boot_id="b", paused_at=1.0, image=str(path))
-    seal(lv, record)
+    seal(record, str(path))
     assert (record.stage, record.image_checksum, len(record.image_chunks)) == ("saved", "xxh3-128", 4)
     assert record.image_chunk_bytes == CHUNK and "image_chunks" not in record.report()
     if recorded == "whole-file sha256":
@@ -121,19 +118,18 @@ def test_an_image_is_checked_against_the_checksum_its_save_recorded(tmp_path, re
             handle.seek(damage)
             handle.write(b"\xff")
     if refused is None:
-        check_image(lv, record)
+        check_image(record, str(path))
         return
     if recorded == "whole-file sha256":
         refused = "does not match the SHA-256 its save recorded"
     with pytest.raises(ManifestError, match=refused):
-        check_image(lv, record)
+        check_image(record, str(path))
 
 
 def test_an_image_whose_record_names_an_unknown_checksum_is_refused(tmp_path):
     path = _saved_image(tmp_path)
-    lv = Libvirt("qemu+ssh://elsewhere/system")
-    record = Record(name="web", uuid="u", uri=lv.uri, runstate_before="running", autostart_before=False,
+    record = Record(name="web", uuid="u", uri="qemu:///system", runstate_before="running", autostart_before=False,
                     agent_before=False, boot_id="b", paused_at=1.0, image=str(path), image_checksum="md5",
                     image_bytes=path.stat().st_size)
     with pytest.raises(ManifestError, match="names an unknown checksum 'md5'"):
-        check_image(lv, record)
+        check_image(record, str(path))
