@@ -29,7 +29,7 @@ import os
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
-from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import MissingDependencyError
+from ansible_collections.hypervisor.cpr.plugins.module_utils._errors import ManifestError, MissingDependencyError
 
 try:
     import xxhash
@@ -123,6 +123,20 @@ class AppendedFileHasher:
         """The digests of all chunks of the complete file of size bytes: those hashed already, then the rest."""
         with self._lock:
             return self._digests + digests(descriptor, size, self.chunk, self.algorithm, first=len(self._digests))
+
+
+def title(algorithm: str, owner: str, vm: str, hint: str) -> str:
+    """The recorded checksum's name as an operator reads it; owner (a manifest, a record) naming one unknown here is
+    refused."""
+    if algorithm not in TITLES:
+        raise ManifestError(f"{owner} names an unknown checksum {algorithm!r}", vm, hint=hint)
+    return TITLES[algorithm]
+
+
+def damaged_chunk(expected: List[str], actual: List[str], chunk: int) -> Optional[str]:
+    """Where a file first differs from the digests recorded for it ("chunk 3 of 4, from byte N"), None if nowhere."""
+    bad = first_mismatch(expected, actual)
+    return None if bad is None else f"chunk {bad + 1} of {len(expected)}, from byte {bad * chunk}"
 
 
 def first_mismatch(expected: List[str], actual: List[str]) -> Optional[int]:

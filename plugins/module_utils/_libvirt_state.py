@@ -100,15 +100,13 @@ def check_image(record: Record, local_image: str) -> None:
     if image.size != record.image_bytes:
         raise ManifestError(f"{what} has {image.size} bytes, the save wrote {record.image_bytes}", record.name, hint=hint)
     if record.image_checksum:
-        if record.image_checksum not in checksum.TITLES:
-            raise ManifestError(f"the record of {what} names an unknown checksum {record.image_checksum!r}",
-                                record.name, hint=f"restore it with the version of hypervisor.cpr that saved it; {_KEPT}")
+        title = checksum.title(record.image_checksum, f"the record of {what}", record.name,
+                               f"restore it with the version of hypervisor.cpr that saved it; {_KEPT}")
         digests = image_digests(local_image, record.image_chunk_bytes, record.image_checksum)
-        bad = checksum.first_mismatch(record.image_chunks, digests)
-        if bad is not None:
-            raise ManifestError(f"{what} does not match the {checksum.TITLES[record.image_checksum]} its save recorded "
-                                f"(chunk {bad + 1} of {len(record.image_chunks)}, from byte "
-                                f"{bad * record.image_chunk_bytes})", record.name, hint=hint)
+        damaged = checksum.damaged_chunk(record.image_chunks, digests, record.image_chunk_bytes)
+        if damaged:
+            raise ManifestError(f"{what} does not match the {title} its save recorded ({damaged})", record.name,
+                                hint=hint)
     elif image_sha256(local_image) != record.image_sha256:
         raise ManifestError(f"{what} does not match the SHA-256 its save recorded", record.name, hint=hint)
 

@@ -173,28 +173,24 @@ class StateDir(Directory):
 
     def verify_state(self, manifest: Manifest) -> None:
         """Refuse to restore from a state file that does not match its manifest (size and checksum)."""
-        title = checksum.TITLES.get(manifest.state_checksum)
-        if title is None:
-            raise ManifestError(f"the manifest of {manifest.state_file} names an unknown checksum "
-                                f"{manifest.state_checksum!r}", manifest.name,
-                                hint="restore the VM with the version of hypervisor.cpr that saved it")
+        title = checksum.title(manifest.state_checksum, f"the manifest of {manifest.state_file}", manifest.name,
+                               "restore the VM with the version of hypervisor.cpr that saved it")
         descriptor = self._open_sized(manifest)
         try:
             if manifest.state_chunk_bytes:
                 chunks = checksum.digests(descriptor, manifest.state_bytes, manifest.state_chunk_bytes,
                                           manifest.state_checksum)
-                bad = checksum.first_mismatch(manifest.state_chunks, chunks)
-                where = "" if bad is None else (f" (chunk {bad + 1} of {len(manifest.state_chunks)}, from byte "
-                                                f"{bad * manifest.state_chunk_bytes})")
+                damaged = checksum.damaged_chunk(manifest.state_chunks, chunks, manifest.state_chunk_bytes)
+                matches, where = damaged is None, f" ({damaged})" if damaged else ""
             else:
                 # Format 1: one SHA-256 over the whole file.
                 with os.fdopen(os.dup(descriptor), "rb") as handle:
-                    bad = None if hashlib.file_digest(handle, "sha256").hexdigest() == manifest.state_sha256 else 0
+                    matches = hashlib.file_digest(handle, "sha256").hexdigest() == manifest.state_sha256
                 where = ""
             size = os.fstat(descriptor).st_size
         finally:
             os.close(descriptor)
-        if bad is not None or size != manifest.state_bytes:
+        if not matches or size != manifest.state_bytes:
             raise ManifestError(f"state file {manifest.state_file} does not match the {title} in its manifest{where}",
                                 manifest.name, hint="the file is damaged; both files are kept")
 
